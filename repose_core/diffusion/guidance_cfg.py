@@ -1,0 +1,194 @@
+"""Classifier-free guidance (Ho & Salimans 2022) for PoseTransferModel outputs, and condition dropout for training.
+
+Paper §3.4 eq. 16: ε_cond = ε_uncond + w_c (ε_interaction − ε_uncond), w_c = 2 (appendix). PIDM implements the
+single-scale form with "∅" = texture-encoder features of an all-zero source and the pose always present:
+    ε = ε(x_t, pose, ∅) + w · [ε(x_t, pose, src) − ε(x_t, pose, ∅)]
+and describes the disentangled 3-pass form (PIDM paper; not in PIDM's code, see notes/reference-systems.md §1.3):
+    ε = ε(∅, ∅) + w_p · [ε(pose, ∅) − ε(∅, ∅)] + w_s · [ε(∅, src) − ε(∅, ∅)]
+with the null pose = an all-zero pose map.
+
+Only the ε channels are combined; learned-variance channels v are taken from one pass (the conditional one, or the
+pose-only pass in the disentangled form, which is the closest to a fully conditional pass).
+
+Model calling convention (docs/DESIGN.md): model(x_t, t, pose_map, cond) -> (B, 2C, H, W); cond is an
+AppearanceCond (dataclass with tensor / list-of-tensor / None fields). Passes are concatenated along the batch
+and run in ONE forward.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from ..errors import InputError
+
+__all__ = ["cfg_combine", "cfg_combine_disentangled", "cfg_eps", "make_eps_fn", "drop_condition", "batch_conditions"]
+
+MODES = ("single", "disentangled")
+
+
+def _split_eps(out: Tensor, eps_channels: int | None) -> tuple[Tensor, Tensor | None]:
+    if eps_channels is None or eps_channels == out.shape[1]:
+        return out, None
+    if not 0 < eps_channels < out.shape[1]:
+        raise InputError(f"eps_channels={eps_channels} must lie in [1, {out.shape[1]}] for an output with {out.shape[1]} channels")
+    return out[:, :eps_channels], out[:, eps_channels:]
+
+
+def cfg_combine(out_cond: Tensor, out_uncond: Tensor, w: float, eps_channels: int | None = None) -> Tensor:
+    """uncond + w · (cond − uncond) on the ε channels; extra channels (learned variance v) come from `out_cond`.
+
+    eps_channels: number of ε channels C (the model output then has 2C channels); None = all channels are ε.
+    w = 1 gives the conditional prediction, w = 0 the unconditional one.
+    """
+    if out_cond.shape != out_uncond.shape:
+        raise InputError(f"cfg_combine: cond output {tuple(out_cond.shape)} and uncond output {tuple(out_uncond.shape)} differ")
+    eps_c, rest = _split_eps(out_cond, eps_channels)
+    eps_u, _ = _split_eps(out_uncond, eps_channels)
+    eps = eps_u + w * (eps_c - eps_u)
+    return eps if rest is None else torch.cat([eps, rest], dim=1)
+
+
+def cfg_combine_disentangled(
+    out_null: Tensor, out_pose: Tensor, out_app: Tensor, w_pose: float, w_app: float, eps_channels: int | None = None
+) -> Tensor:
+    """ε(∅,∅) + w_pose·[ε(pose,∅) − ε(∅,∅)] + w_app·[ε(∅,app) − ε(∅,∅)]; v channels from `out_pose`."""
+    if not out_null.shape == out_pose.shape == out_app.shape:
+        raise InputError(
+            f"cfg_combine_disentangled: outputs differ in shape {tuple(out_null.shape)}, {tuple(out_pose.shape)}, {tuple(out_app.shape)}"
+        )
+    eps_n, _ = _split_eps(out_null, eps_channels)
+    eps_p, rest = _split_eps(out_pose, eps_channels)
+    eps_a, _ = _split_eps(out_app, eps_channels)
+    eps = eps_n + w_pose * (eps_p - eps_n) + w_app * (eps_a - eps_n)
+    return eps if rest is None else torch.cat([eps, rest], dim=1)
+
+
+# ---------------------------------------------------------------------------- batching conditions
+
+def _expand(value: Tensor, batch: int, what: str) -> Tensor:
+    if value.shape[0] == batch:
+        return value
+    if value.shape[0] == 1:
+        return value.expand(batch, *value.shape[1:])
+    raise InputError(f"{what} has batch size {value.shape[0]}, expected {batch} (or 1 to share it across the batch)")
+
+
+def batch_conditions(items: list, batch: int, what: str = "cond") -> Any:
+    """Concatenate same-structured conditions along dim 0 (each first broadcast from batch 1 to `batch`).
+
+    Works on tensors, None, lists/tuples, dicts and dataclasses (e.g. AppearanceCond) recursively; other leaves
+    must be equal across items and are kept as they are.
+    """
+    first = items[0]
+    if any((v is None) != (first is None) or isinstance(v, Tensor) != isinstance(first, Tensor) for v in items):
+        kinds = ", ".join(type(v).__name__ for v in items)
+        raise InputError(f"{what}: cannot batch {kinds} together (cond and null cond must have the same fields set)")
+    if isinstance(first, Tensor):
+        return torch.cat([_expand(v, batch, what) for v in items], dim=0)
+    if first is None:
+        return None
+    if isinstance(first, (list, tuple)):
+        if any(len(v) != len(first) for v in items):
+            raise InputError(f"{what}: lists of different lengths {[len(v) for v in items]} cannot be batched")
+        return type(first)(batch_conditions([v[j] for v in items], batch, f"{what}[{j}]") for j in range(len(first)))
+    if isinstance(first, dict):
+        return {k: batch_conditions([v[k] for v in items], batch, f"{what}[{k!r}]") for k in first}
+    if dataclasses.is_dataclass(first) and not isinstance(first, type):
+        fields = {
+            f.name: batch_conditions([getattr(v, f.name) for v in items], batch, f"{what}.{f.name}")
+            for f in dataclasses.fields(first)
+            if f.init
+        }
+        return dataclasses.replace(first, **fields)
+    if any(v != first for v in items):
+        raise InputError(f"{what}: non-tensor values differ between the passes ({items!r}); cannot batch")
+    return first
+
+
+def cfg_eps(
+    model: Callable,
+    x_t: Tensor,
+    t: Tensor,
+    pose_map: Tensor,
+    cond: Any,
+    null_cond: Any,
+    w: float = 2.0,
+    *,
+    mode: str = "single",
+    w_pose: float | None = None,
+    w_app: float | None = None,
+    null_pose: Tensor | None = None,
+    combine_variance: bool = False,
+) -> Tensor:
+    """One CFG-combined model output (B, 2C, ...) at (x_t, t); all passes run in a single batched forward.
+
+    mode="single":        ε(pose, ∅) + w·[ε(pose, cond) − ε(pose, ∅)]; w = 1 runs only the conditional pass.
+    mode="disentangled":  3 passes (∅,∅), (pose,∅), (∅,cond) with w_pose / w_app (default: w);
+                          null_pose defaults to zeros_like(pose_map).
+    combine_variance=True extrapolates the v channels too, as PIDM's `forward_with_cond_scale` does (parity);
+    the default keeps v of the conditional pass (GLIDE / improved-diffusion practice, keeps v inside [-1, 1]).
+    """
+    B, C = x_t.shape[:2]
+    pose_map = _expand(pose_map, B, "pose_map")
+    if mode == "single":
+        if w == 1.0:
+            return model(x_t, t, pose_map, batch_conditions([cond], B))
+        n = 2
+        poses = [pose_map, pose_map]
+        conds = [cond, null_cond]
+    elif mode == "disentangled":
+        null_pose = torch.zeros_like(pose_map) if null_pose is None else _expand(null_pose, B, "null_pose")
+        n = 3
+        poses = [null_pose, pose_map, null_pose]
+        conds = [null_cond, null_cond, cond]
+    else:
+        raise InputError(f"unknown CFG mode {mode!r}; accepted: {', '.join(MODES)}")
+
+    out = model(
+        torch.cat([x_t] * n, dim=0),
+        torch.cat([t] * n, dim=0),
+        torch.cat(poses, dim=0),
+        batch_conditions(conds, B),
+    )  # (n·B, 2C, ...)
+    outs = out.chunk(n, dim=0)
+    eps_channels = C if out.shape[1] == 2 * C and not combine_variance else None
+    if mode == "single":
+        return cfg_combine(outs[0], outs[1], w, eps_channels)
+    w_pose = w if w_pose is None else w_pose
+    w_app = w if w_app is None else w_app
+    return cfg_combine_disentangled(outs[0], outs[1], outs[2], w_pose, w_app, eps_channels)
+
+
+def make_eps_fn(
+    model: Callable,
+    pose_map: Tensor,
+    cond: Any,
+    null_cond: Any,
+    w: float = 2.0,
+    mode: str = "single",
+    w_pose: float | None = None,
+    w_app: float | None = None,
+    null_pose: Tensor | None = None,
+    combine_variance: bool = False,
+) -> Callable[[Tensor, Tensor], Tensor]:
+    """eps_fn(x_t, t) for the samplers, closing over the pose map and the prepared conditions (see `cfg_eps`)."""
+    if mode not in MODES:
+        raise InputError(f"unknown CFG mode {mode!r}; accepted: {', '.join(MODES)}")
+
+    def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
+        return cfg_eps(model, x_t, t, pose_map, cond, null_cond, w, mode=mode, w_pose=w_pose, w_app=w_app,
+                       null_pose=null_pose, combine_variance=combine_variance)
+
+    return eps_fn
+
+
+def drop_condition(batch_size: int, p: float = 0.1, generator: torch.Generator | None = None, device=None) -> Tensor:
+    """Bool mask (batch_size,), True = replace this sample's condition by ∅ (CFG training, paper appendix p = 10%)."""
+    if not 0.0 <= p <= 1.0:
+        raise InputError(f"condition dropout probability p must lie in [0, 1], got {p!r}")
+    gen_device = generator.device if generator is not None else "cpu"
+    u = torch.rand(int(batch_size), generator=generator, device=gen_device)
+    return (u < p).to(device if device is not None else gen_device)
