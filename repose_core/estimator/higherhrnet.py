@@ -1,0 +1,369 @@
+"""HigherHRNet (Cheng et al., CVPR 2020) in plain PyTorch: HRNet backbone + higher-resolution AE head.
+
+The module tree reproduces the original HRNet/HigherHRNet-Human-Pose-Estimation ``PoseHigherResolutionNet``
+key-for-key (``conv1``, ``layer1``, ``transition1``, ``stage2`` ... ``final_layers``, ``deconv_layers``; no prefix),
+so original-repo checkpoints load as they are. mmpose 0.29 checkpoints are the same keys behind a ``backbone.`` /
+``keypoint_head.`` prefix; ``loading.py`` maps between the two.
+
+Used as a frozen, differentiable pose estimator for RePoseDM's gradient guidance (paper Sec. 3.3): the guidance
+energy compares estimator heatmaps / features of the predicted x̂0 with those of the target pose.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import InputError
+from ..pose.keypoints import COCO17
+from .base import PoseEstimator
+
+BN_MOMENTUM = 0.1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The four HRNet branches run at strides 4, 8, 16, 32: network inputs must be multiples of 32.
+SIZE_MULTIPLE = 32
+
+
+@dataclass(frozen=True)
+class HigherHRNetConfig:
+    """What identifies a HigherHRNet checkpoint.
+
+    width: HRNet width (32 or 48) = channels of the highest-resolution branch.
+    input_size: training resolution (512 or 640); the network accepts any multiple of 32, this is the short-side
+        size ``estimate_poses`` resizes images to.
+    udp: trained with Unbiased Data Processing (Huang et al., CVPR 2020). Same network; decoding and the
+        out0 -> out1 resize use the align-corners coordinate convention.
+    """
+
+    width: int = 32
+    num_joints: int = 17
+    input_size: int = 512
+    udp: bool = False
+    tag_per_joint: bool = True
+
+    def __post_init__(self):
+        if self.width not in (32, 48):
+            raise InputError(f"HigherHRNetConfig.width={self.width!r} is not supported; use 32 or 48")
+        if self.num_joints < 1:
+            raise InputError(f"HigherHRNetConfig.num_joints={self.num_joints!r} must be >= 1")
+        if self.input_size <= 0 or self.input_size % SIZE_MULTIPLE:
+            raise InputError(
+                f"HigherHRNetConfig.input_size={self.input_size!r} must be a positive multiple of {SIZE_MULTIPLE} "
+                "(e.g. 512 or 640)")
+
+    @property
+    def branch_channels(self) -> tuple[int, ...]:
+        return tuple(self.width * 2 ** i for i in range(4))
+
+    @property
+    def out0_channels(self) -> int:
+        """Low-resolution head output: J heatmaps + J tags (tag per joint) or + 1 shared tag."""
+        return self.num_joints * 2 if self.tag_per_joint else self.num_joints + 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "HigherHRNetConfig":
+        known = {k: d[k] for k in ("width", "num_joints", "input_size", "udp", "tag_per_joint") if k in d}
+        return cls(**known)
+
+
+def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=1e-5, momentum=BN_MOMENTUM)
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = _conv3x3(cin, planes, stride)
+        self.bn1 = _bn(planes)
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = _bn(planes)
+        self.relu = nn.ReLU(inplace=False)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = _bn(planes)
+        self.conv2 = _conv3x3(planes, planes, stride)
+        self.bn2 = _bn(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = _bn(planes * 4)
+        self.relu = nn.ReLU(inplace=False)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+def _make_blocks(block, cin: int, planes: int, num_blocks: int, stride: int = 1) -> nn.Sequential:
+    """A run of residual blocks; the first one gets a 1x1 conv+BN shortcut when the shape changes."""
+    downsample = None
+    if stride != 1 or cin != planes * block.expansion:
+        downsample = nn.Sequential(nn.Conv2d(cin, planes * block.expansion, 1, stride, bias=False),
+                                   _bn(planes * block.expansion))
+    layers = [block(cin, planes, stride, downsample)]
+    layers += [block(planes * block.expansion, planes) for _ in range(1, num_blocks)]
+    return nn.Sequential(*layers)
+
+
+class HRModule(nn.Module):
+    """Parallel branches followed by all-to-all fusion (HRNet exchange unit).
+
+    Fusion into branch i: higher-resolution inputs j < i go through (i - j) stride-2 3x3 conv+BN (ReLU on all
+    but the last); lower-resolution inputs j > i go through 1x1 conv+BN at their own resolution, then nearest
+    upsampling by 2^(j-i). The terms are summed and passed through ReLU.
+    """
+
+    def __init__(self, block, num_blocks: tuple[int, ...], in_channels: tuple[int, ...],
+                 channels: tuple[int, ...], multiscale_output: bool = True):
+        super().__init__()
+        self.num_branches = len(channels)
+        self.multiscale_output = multiscale_output
+        self.branches = nn.ModuleList(
+            _make_blocks(block, in_channels[i], channels[i], num_blocks[i]) for i in range(self.num_branches))
+        out_ch = [c * block.expansion for c in channels]
+        self.out_channels = tuple(out_ch)
+        self.fuse_layers = self._make_fuse_layers(out_ch) if self.num_branches > 1 else None
+        self.relu = nn.ReLU(inplace=False)
+
+    def _make_fuse_layers(self, ch: list[int]) -> nn.ModuleList:
+        n = self.num_branches
+        fuse = nn.ModuleList()
+        for i in range(n if self.multiscale_output else 1):
+            row = nn.ModuleList()
+            for j in range(n):
+                if j > i:
+                    row.append(nn.Sequential(nn.Conv2d(ch[j], ch[i], 1, bias=False), _bn(ch[i]),
+                                             nn.Upsample(scale_factor=2 ** (j - i), mode="nearest")))
+                elif j == i:
+                    row.append(None)
+                else:
+                    steps = []
+                    for k in range(i - j):
+                        if k == i - j - 1:
+                            steps.append(nn.Sequential(_conv3x3(ch[j], ch[i], 2), _bn(ch[i])))
+                        else:
+                            steps.append(nn.Sequential(_conv3x3(ch[j], ch[j], 2), _bn(ch[j]), nn.ReLU(inplace=False)))
+                    row.append(nn.Sequential(*steps))
+            fuse.append(row)
+        return fuse
+
+    def forward(self, xs: list[Tensor]) -> list[Tensor]:
+        xs = [branch(x) for branch, x in zip(self.branches, xs)]
+        if self.fuse_layers is None:
+            return xs
+        fused = []
+        for i, row in enumerate(self.fuse_layers):
+            y = xs[0] if i == 0 else row[0](xs[0])
+            for j in range(1, self.num_branches):
+                y = y + (xs[j] if i == j else row[j](xs[j]))
+            fused.append(self.relu(y))
+        return fused
+
+
+def _make_transition(pre: tuple[int, ...], cur: tuple[int, ...]) -> nn.ModuleList:
+    """Branch adapters between stages. Existing branches keep their tensor (None) or get a 3x3 conv when the
+    width changes; every new branch is made from the LAST previous branch by a chain of stride-2 convs."""
+    layers = nn.ModuleList()
+    for i, c in enumerate(cur):
+        if i < len(pre):
+            if c != pre[i]:
+                layers.append(nn.Sequential(_conv3x3(pre[i], c), _bn(c), nn.ReLU(inplace=False)))
+            else:
+                layers.append(None)
+        else:
+            steps = []
+            for k in range(i + 1 - len(pre)):
+                cin = pre[-1]
+                cout = c if k == i - len(pre) else cin
+                steps.append(nn.Sequential(_conv3x3(cin, cout, 2), _bn(cout), nn.ReLU(inplace=False)))
+            layers.append(nn.Sequential(*steps))
+    return layers
+
+
+def _make_stage(num_modules: int, block, num_blocks, in_channels, channels, multiscale_output=True) -> nn.Sequential:
+    modules = []
+    for m in range(num_modules):
+        last = m == num_modules - 1
+        mod = HRModule(block, num_blocks, in_channels, channels, multiscale_output or not last)
+        in_channels = mod.out_channels
+        modules.append(mod)
+    return nn.Sequential(*modules)
+
+
+class HigherHRNet(PoseEstimator):
+    """HigherHRNet as a frozen ``PoseEstimator`` (see docs/DESIGN.md, "Estimator").
+
+    ``forward_raw`` is the bare network on a normalised input (H, W multiples of 32). The high-level methods take
+    RGB in [0, 1] of any size, apply ImageNet normalisation, pad right/bottom to a multiple of 32 and crop the
+    outputs back to ceil(H/stride) x ceil(W/stride).
+
+    The estimator always stays in eval mode (BatchNorm on running statistics) with ``requires_grad=False``
+    parameters: guidance differentiates w.r.t. the image only, and a wrapper calling ``.train()`` must not switch
+    BatchNorm to batch statistics.
+    """
+
+    def __init__(self, config: HigherHRNetConfig = HigherHRNetConfig()):
+        super().__init__()
+        self.config = config
+        ch = config.branch_channels
+        if config.num_joints != len(COCO17):
+            self.joints = tuple(f"joint_{i}" for i in range(config.num_joints))
+
+        # Stem: two stride-2 convs -> 1/4 resolution, then 4 Bottlenecks (stage 1).
+        self.conv1 = nn.Conv2d(3, 64, 3, 2, 1, bias=False)
+        self.bn1 = _bn(64)
+        self.conv2 = nn.Conv2d(64, 64, 3, 2, 1, bias=False)
+        self.bn2 = _bn(64)
+        self.relu = nn.ReLU(inplace=False)
+        self.layer1 = _make_blocks(Bottleneck, 64, 64, 4)
+
+        self.transition1 = _make_transition((256,), ch[:2])
+        self.stage2 = _make_stage(1, BasicBlock, (4, 4), ch[:2], ch[:2])
+        self.transition2 = _make_transition(ch[:2], ch[:3])
+        self.stage3 = _make_stage(4, BasicBlock, (4, 4, 4), ch[:3], ch[:3])
+        self.transition3 = _make_transition(ch[:3], ch)
+        self.stage4 = _make_stage(3, BasicBlock, (4, 4, 4, 4), ch, ch, multiscale_output=False)
+
+        # Head: final_layers[0] on the 1/4 feature (heatmaps + tags), final_layers[1] on the 1/2 deconv output.
+        w, j = config.width, config.num_joints
+        self.final_layers = nn.ModuleList([nn.Conv2d(w, config.out0_channels, 1), nn.Conv2d(w, j, 1)])
+        deconv = nn.Sequential(
+            nn.ConvTranspose2d(w + config.out0_channels, w, 4, stride=2, padding=1, output_padding=0, bias=False),
+            _bn(w), nn.ReLU(inplace=False))
+        blocks = [nn.Sequential(BasicBlock(w, w)) for _ in range(4)]
+        self.deconv_layers = nn.ModuleList([nn.Sequential(deconv, *blocks)])
+
+        self.freeze()
+
+    # --- bare network -------------------------------------------------------------------------------------------
+    def backbone(self, x: Tensor) -> Tensor:
+        """(B,3,H,W) normalised -> highest-resolution HRNet feature (B, width, H/4, W/4)."""
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn2(self.conv2(x)))
+        x = self.layer1(x)
+        xs = [t(x) if t is not None else x for t in self.transition1]
+        xs = self.stage2(xs)
+        xs = _apply_transition(self.transition2, xs)
+        xs = self.stage3(xs)
+        xs = _apply_transition(self.transition3, xs)
+        return self.stage4(xs)[0]
+
+    def head(self, feat: Tensor) -> list[Tensor]:
+        """feature (B,w,H/4,W/4) -> [out0 (B, 2J, H/4, W/4) heatmaps+tags, out1 (B, J, H/2, W/2)]."""
+        out0 = self.final_layers[0](feat)
+        x = self.deconv_layers[0](torch.cat([feat, out0], dim=1))  # (B, w+2J, H/4, W/4) -> (B, w, H/2, W/2)
+        return [out0, self.final_layers[1](x)]
+
+    def forward_raw(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Normalised input (B,3,H,W), H and W multiples of 32 -> (backbone feature, [out0, out1])."""
+        _check_image(x, "forward_raw input")
+        h, w = x.shape[-2:]
+        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
+            raise InputError(
+                f"HigherHRNet.forward_raw got an input of size H={h}, W={w}; the network needs H and W to be "
+                f"multiples of {SIZE_MULTIPLE} (e.g. {_round_up(h)}x{_round_up(w)}). Pad the input, or use "
+                "features()/heatmaps(), which pad and crop automatically.")
+        feat = self.backbone(x)
+        return feat, self.head(feat)
+
+    forward = forward_raw
+
+    # --- PoseEstimator interface --------------------------------------------------------------------------------
+    def normalise(self, img01: Tensor) -> Tensor:
+        """RGB [0,1] -> ImageNet-normalised network input (the statistics both reference codebases use)."""
+        mean = torch.tensor(IMAGENET_MEAN, dtype=img01.dtype, device=img01.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=img01.dtype, device=img01.device).view(1, 3, 1, 1)
+        return (img01 - mean) / std
+
+    def _run(self, img01: Tensor) -> tuple[Tensor, list[Tensor], tuple[int, int]]:
+        _check_image(img01, "image")
+        h, w = img01.shape[-2:]
+        x = self.normalise(img01)
+        ph, pw = _round_up(h) - h, _round_up(w) - w
+        if ph or pw:
+            # Zero in normalised space = the ImageNet mean colour; right/bottom so coordinates are unchanged.
+            x = F.pad(x, (0, pw, 0, ph))
+        feat, outs = self.forward_raw(x)
+        return feat, outs, (h, w)
+
+    def aggregate(self, outs: list[Tensor]) -> Tensor:
+        """HigherHRNet multi-resolution heatmap aggregation: mean of upsampled out0 heatmaps and out1."""
+        out0, out1 = outs
+        j = self.config.num_joints
+        up = F.interpolate(out0[:, :j], size=out1.shape[-2:], mode="bilinear", align_corners=self.config.udp)
+        return (up + out1) / 2
+
+    def features(self, img01: Tensor) -> Tensor:
+        """RGB [0,1] (B,3,H,W) -> backbone feature (B, width, ceil(H/4), ceil(W/4))."""
+        feat, _, (h, w) = self._run(img01)
+        return feat[..., :_ceil_div(h, 4), :_ceil_div(w, 4)]
+
+    def heatmaps(self, img01: Tensor) -> Tensor:
+        """RGB [0,1] (B,3,H,W) -> aggregated joint heatmaps (B, J, ceil(H/2), ceil(W/2))."""
+        return self.features_and_heatmaps(img01)[1]
+
+    def features_and_heatmaps(self, img01: Tensor) -> tuple[Tensor, Tensor]:
+        feat, outs, (h, w) = self._run(img01)
+        hm = self.aggregate(outs)
+        return feat[..., :_ceil_div(h, 4), :_ceil_div(w, 4)], hm[..., :_ceil_div(h, 2), :_ceil_div(w, 2)]
+
+    def heatmaps_and_tags(self, img01: Tensor) -> tuple[Tensor, Tensor]:
+        """Aggregated heatmaps (B,J,h2,w2) and AE tags (B,T,h2,w2) resized to the heatmap grid (for grouping)."""
+        _, outs, (h, w) = self._run(img01)
+        hm = self.aggregate(outs)
+        tags = F.interpolate(outs[0][:, self.config.num_joints:], size=hm.shape[-2:], mode="bilinear",
+                             align_corners=self.config.udp)
+        crop = (slice(None), slice(None), slice(0, _ceil_div(h, 2)), slice(0, _ceil_div(w, 2)))
+        return hm[crop], tags[crop]
+
+
+def _apply_transition(transition: nn.ModuleList, xs: list[Tensor]) -> list[Tensor]:
+    """New branches (index >= len(xs)) are computed from the last existing branch."""
+    return [xs[i] if t is None else t(xs[i] if i < len(xs) else xs[-1]) for i, t in enumerate(transition)]
+
+
+def _round_up(n: int, m: int = SIZE_MULTIPLE) -> int:
+    return int(math.ceil(n / m) * m)
+
+
+def _ceil_div(n: int, d: int) -> int:
+    return -(-n // d)
+
+
+def _check_image(x, what: str) -> None:
+    if not isinstance(x, Tensor):
+        raise InputError(f"HigherHRNet {what} must be a torch.Tensor (B,3,H,W), got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise InputError(f"HigherHRNet {what} must have shape (B,3,H,W) with 3 RGB channels, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise InputError(f"HigherHRNet {what} must be a float tensor (RGB in [0,1]), got dtype {x.dtype}")
+    if x.shape[-1] < 1 or x.shape[-2] < 1:
+        raise InputError(f"HigherHRNet {what} is empty: shape {tuple(x.shape)}")

@@ -1,0 +1,312 @@
+"""Reading HigherHRNet checkpoints in every layout people have, and building a frozen estimator from them.
+
+Accepted sources (all map to the original-repo key layout of ``HigherHRNet``):
+- original HRNet/HigherHRNet-Human-Pose-Estimation ``.pth``: a plain state dict, no prefix;
+- mmpose 0.29 ``.pth``: ``{"meta": ..., "state_dict": {"backbone.*", "keypoint_head.*"}}``;
+- DataParallel dumps with a ``module.`` prefix; dicts without ``*.num_batches_tracked``;
+- ``.safetensors``: ours (metadata ``kind="pose_estimator"`` + config) or raw tensors in any of the layouts above
+  (also ``state_dict.``-prefixed, as in the shared reference fixture).
+
+Pickled files are read only through ``repose_core.checkpoint.restricted_load`` (tensors and plain containers).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from ..errors import CheckpointError
+from .higherhrnet import HigherHRNet, HigherHRNetConfig
+
+log = logging.getLogger("repose")
+
+KIND = "pose_estimator"
+FORMAT = "repose/1"
+ARCH = "higherhrnet"
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+# Prefixes stripped, in order, to reach the original-repo layout.
+WRAPPER_PREFIXES = ("module.",)
+PART_PREFIXES = ("backbone.", "keypoint_head.", "head.")
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict]:
+    """Read tensors and whatever metadata the file has. Returns (flat state dict as stored, info dict).
+
+    info has "source" (path), "format" ("safetensors" / "pickle"), and "config" (dict) when the file records it
+    (our safetensors metadata) or "meta_config" (mmcv ``meta["config"]`` text) when present."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"pose estimator checkpoint not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return _read_safetensors(path)
+    if suffix in PICKLE_SUFFIXES:
+        return _read_pickle(path)
+    raise CheckpointError(f"{path}: unsupported checkpoint extension {suffix!r}; accepted: .safetensors, "
+                          f"{', '.join(PICKLE_SUFFIXES)}")
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict]:
+    from safetensors import SafetensorError, safe_open
+
+    info = {"source": str(path), "format": "safetensors"}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    kind = meta.get("kind")
+    if kind is not None and kind != KIND:
+        raise CheckpointError(f"{path}: this is a {kind!r} checkpoint, not a {KIND!r} (HigherHRNet) checkpoint")
+    if "config" in meta:
+        try:
+            info["config"] = json.loads(meta["config"])
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path}: metadata field 'config' is not valid JSON ({e})") from e
+    # Reference-fixture style files hold the weights as "state_dict.<key>" next to other tensors.
+    if any(k.startswith("state_dict.") for k in sd):
+        sd = {k[len("state_dict."):]: v for k, v in sd.items() if k.startswith("state_dict.")}
+    return sd, info
+
+
+def _read_pickle(path: Path) -> tuple[dict[str, Tensor], dict]:
+    try:
+        from ..checkpoint import restricted_load
+    except ImportError:  # checkpoint module not available: fall back to torch's own restricted unpickler
+        obj = _weights_only_load(path)
+    else:
+        try:
+            obj = restricted_load(path)
+        except CheckpointError as refused:
+            # mmcv's "meta" may pickle objects we must not import; inert stubs let us still take the tensors
+            # (anything that is not a tensor in the state dict is rejected below).
+            try:
+                obj = restricted_load(path, allow_unknown="stub")
+            except CheckpointError:
+                raise refused from None
+    info = {"source": str(path), "format": "pickle"}
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a dict of tensors (a state dict), got {type(obj).__name__}")
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):  # mmcv / mmpose / lightning
+        meta = obj.get("meta")
+        if isinstance(meta, Mapping) and isinstance(meta.get("config"), str):
+            info["meta_config"] = meta["config"]
+        obj = obj["state_dict"]
+    elif "model" in obj and isinstance(obj["model"], Mapping):
+        obj = obj["model"]
+    bad = [k for k, v in obj.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not tensors: {bad[:5]}{' ...' if len(bad) > 5 else ''}; "
+                              "expected a HigherHRNet state dict (original repo or mmpose 0.29 layout)")
+    return dict(obj), info
+
+
+def _weights_only_load(path: Path):
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # the unpickler raises several types; report them all the same way
+        raise CheckpointError(f"{path}: refused or unreadable pickle ({type(e).__name__}: {e})") from e
+
+
+# --- layout mapping --------------------------------------------------------------------------------------------
+def to_original_layout(sd: Mapping[str, Tensor], source: str = "<state dict>") -> dict[str, Tensor]:
+    """Strip ``module.`` and then ``backbone.`` / ``keypoint_head.`` prefixes; add missing ``num_batches_tracked``."""
+    out = {}
+    for key, value in sd.items():
+        k = key
+        for p in WRAPPER_PREFIXES:
+            if k.startswith(p):
+                k = k[len(p):]
+        for p in PART_PREFIXES:
+            if k.startswith(p):
+                k = k[len(p):]
+                break
+        if k in out:
+            raise CheckpointError(f"{source}: keys {key!r} and another entry both map to {k!r}")
+        out[k] = value
+    if any(k.startswith("final_layer.") for k in out):
+        raise CheckpointError(
+            f"{source}: this looks like an mmpose 1.x AssociativeEmbedding (plain HRNet) checkpoint ('final_layer.*'); "
+            "only HigherHRNet checkpoints are supported (original repo or mmpose 0.29 'higher_hrnet*' files)")
+    for k in list(out):
+        if k.endswith(".running_mean"):
+            nbt = k[: -len("running_mean")] + "num_batches_tracked"
+            out.setdefault(nbt, torch.zeros((), dtype=torch.long))
+    return out
+
+
+def to_mmpose_layout(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Original-repo keys -> mmpose 0.29 keys (``keypoint_head.`` for the head, ``backbone.`` for the rest)."""
+    head = ("final_layers.", "deconv_layers.")
+    return {("keypoint_head." if k.startswith(head) else "backbone.") + k: v for k, v in sd.items()}
+
+
+def infer_config(sd: Mapping[str, Tensor], info: Mapping | None = None, *, udp: bool | None = None,
+                 input_size: int | None = None, source: str = "<state dict>") -> HigherHRNetConfig:
+    """Config from tensor shapes (width, joints, tag layout) + what the file says about UDP / input size.
+
+    ``sd`` must already be in the original layout. UDP and input size leave no trace in the weights: they come
+    from the arguments, else our metadata, else the mmcv meta config text, else the file name (mmpose names its
+    files ``higher_hrnet32_coco_512x512_udp-*.pth``), else defaults (no UDP, 512)."""
+    info = dict(info or {})
+    for key in ("transition1.0.0.weight", "final_layers.0.weight", "final_layers.1.weight"):
+        if key not in sd:
+            raise CheckpointError(f"{source}: not a HigherHRNet checkpoint: key {key!r} is missing "
+                                  f"(first keys: {list(sd)[:3]})")
+    width = int(sd["transition1.0.0.weight"].shape[0])
+    num_joints = int(sd["final_layers.1.weight"].shape[0])
+    out0 = int(sd["final_layers.0.weight"].shape[0])
+    if out0 not in (2 * num_joints, num_joints + 1):
+        raise CheckpointError(f"{source}: final_layers.0 has {out0} output channels; expected {2 * num_joints} "
+                              f"(heatmaps + per-joint tags) or {num_joints + 1} for {num_joints} joints")
+    if width not in (32, 48):
+        raise CheckpointError(f"{source}: HRNet width {width} (transition1.0.0.weight) is not supported; 32 or 48")
+
+    meta_cfg = info.get("config") or {}
+    text = info.get("meta_config", "")
+    name = Path(info.get("source", "")).name.lower()
+    if udp is None:
+        if "udp" in meta_cfg:
+            udp = bool(meta_cfg["udp"])
+        elif text:
+            udp = bool(re.search(r"use_udp\s*=\s*True", text))
+        else:
+            udp = "udp" in name
+    if input_size is None:
+        if "input_size" in meta_cfg:
+            input_size = int(meta_cfg["input_size"])
+        else:
+            m = re.search(r"input_size\s*=\s*(\d+)", text) or re.search(r"(512|640)(?:x\1)?", name)
+            input_size = int(m.group(1)) if m else 512
+    return HigherHRNetConfig(width=width, num_joints=num_joints, input_size=input_size, udp=bool(udp),
+                             tag_per_joint=out0 == 2 * num_joints)
+
+
+def _check_strict(model: torch.nn.Module, sd: Mapping[str, Tensor], source: str) -> None:
+    """Key/shape check without loading (the model lives on the meta device)."""
+    try:
+        from ..checkpoint import check_state_dict
+    except ImportError:
+        check_state_dict = _local_check_state_dict
+    check_state_dict(model, sd, source=source)
+
+
+def _local_check_state_dict(model: torch.nn.Module, sd: Mapping[str, Tensor], source: str) -> None:
+    """Strict key/shape check that names every problem (used until repose_core.checkpoint provides one)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def fmt(items):
+            return f"{len(items)} ({', '.join(items[:5])}{', ...' if len(items) > 5 else ''})"
+        raise CheckpointError(f"{source}: state dict does not match the model: missing {fmt(missing)}; "
+                              f"unexpected {fmt(unexpected)}; shape mismatches {fmt(shapes)}")
+
+
+# --- building --------------------------------------------------------------------------------------------------
+def build_estimator(state_dict_or_path, *, config: HigherHRNetConfig | None = None, udp: bool | None = None,
+                    input_size: int | None = None, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> HigherHRNet:
+    """Build a frozen ``HigherHRNet`` from a checkpoint path or an in-memory state dict (any supported layout).
+
+    Weights are created and loaded under ``torch.inference_mode(False)``, so the estimator can be differentiated
+    later even if this is called inside ComfyUI's ``torch.inference_mode()`` (inference tensors cannot be saved
+    for backward). Floating tensors are cast to ``dtype`` (fp16 checkpoints -> float32 by default)."""
+    with torch.inference_mode(False):
+        if isinstance(state_dict_or_path, (str, os.PathLike)):
+            other = _other_builder(state_dict_or_path)
+            if other is not None:  # our file of another estimator architecture (e.g. "small_hrnet")
+                from ..checkpoint import load_model
+
+                model = load_model(state_dict_or_path, expected_kind=KIND, device=device, dtype=dtype)
+                return model.freeze() if hasattr(model, "freeze") else model.eval().requires_grad_(False)
+            raw, info = read_checkpoint(state_dict_or_path)
+        elif isinstance(state_dict_or_path, Mapping):
+            raw, info = dict(state_dict_or_path), {"source": "<state dict>"}
+            if "state_dict" in raw and isinstance(raw["state_dict"], Mapping):
+                raw = dict(raw["state_dict"])
+        else:
+            raise CheckpointError("build_estimator expects a checkpoint path or a state dict, got "
+                                  f"{type(state_dict_or_path).__name__}")
+        source = info["source"]
+        sd = to_original_layout(raw, source)
+        if config is None:
+            config = infer_config(sd, info, udp=udp, input_size=input_size, source=source)
+        # Fresh tensors made outside inference mode (inputs read inside it are inference tensors, and the model
+        # must not alias the caller's dict): cast when needed, otherwise clone.
+        sd = {k: _own_copy(v, dtype) for k, v in sd.items()}
+        # Build on the meta device (no random init of ~30-60M weights), check, then adopt the loaded tensors.
+        with torch.device("meta"):
+            model = HigherHRNet(config)
+        _check_strict(model, sd, source)
+        model.load_state_dict(sd, strict=True, assign=True)
+        model = model.to(device=device, dtype=dtype).freeze()
+    log.info("loaded HigherHRNet-W%d (udp=%s) from %s", config.width, config.udp, source)
+    return model
+
+
+def _own_copy(v: Tensor, dtype: torch.dtype) -> Tensor:
+    t = v.to(dtype) if v.is_floating_point() else v
+    return t.clone() if t is v else t
+
+
+def _other_builder(path: str | os.PathLike) -> str | None:
+    """Builder name of one of our safetensors files when it is not a HigherHRNet (metadata "class"), else None."""
+    if not str(path).lower().endswith(".safetensors") or not os.path.isfile(path):
+        return None
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError):
+        return None  # read_checkpoint reports it
+    builder = meta.get("class")
+    return builder if meta.get("kind") == KIND and builder not in (None, KIND) else None
+
+
+def save_estimator(path: str | os.PathLike, model: HigherHRNet) -> None:
+    """Write ``model`` as our safetensors format: original-layout keys + metadata (format, kind, config), readable
+    by ``build_estimator`` and by ``repose_core.checkpoint.load_model``."""
+    try:
+        from ..checkpoint import save_model
+    except ImportError:
+        from safetensors.torch import save_file
+
+        meta = {"format": FORMAT, "kind": KIND, "class": KIND, "config": json.dumps(model.config.to_dict()),
+                "arch": ARCH}
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(path),
+                  metadata=meta)
+    else:
+        save_model(path, model, KIND, extra_metadata={"arch": ARCH})
+
+
+def _build_from_config(config: Mapping) -> HigherHRNet:
+    """Registry builder for kind "pose_estimator": an untrained network that ``load_model`` then fills.
+    Created outside inference mode so that it stays differentiable (see ``build_estimator``)."""
+    with torch.inference_mode(False):
+        return HigherHRNet(HigherHRNetConfig.from_dict(dict(config)))
+
+
+def _register() -> None:
+    try:
+        from ..checkpoint import register_model
+    except ImportError:
+        return
+    try:
+        register_model(KIND, _build_from_config)
+    except Exception as e:  # registry API mismatch must not break importing the estimator
+        log.warning("could not register the pose estimator builder with repose_core.checkpoint: %s", e)
+
+
+_register()
