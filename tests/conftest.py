@@ -1,6 +1,6 @@
 """Fixtures shared by the whole suite: the repository root and the shared reference fixtures.
 
-Run the suite with `bash run.sh test` (it builds the environment and the ComfyUI host the tests/comfy tests need).
+Run the suite with `bash run.sh test` (it builds the environment and the ComfyUI host the tests/comfyui_host tests need).
 """
 from __future__ import annotations
 

@@ -1,0 +1,223 @@
+"""RePoseDM configurations: the `RePoseConfig` dataclass and the named presets (`get_config(name, variant)`).
+
+Variants (paper Sec. 4.3, Table 2):
+- "b1": PIDM — texture encoder + cross-attention, no RPA (`rpa` is None).
+- "b2": b1 + Recurrent Pose Alignment (Sec. 3.2): the texture encoder sees the pose-aligned source.
+- "full": the network of b2, plus gradient guidance from Pose Interaction Fields (Sec. 3.3) at sampling and,
+  optionally, in training; only the guidance defaults differ from b2.
+
+Presets (image size in pixels H×W):
+- "deepfashion256" 256×176, pixel space with PIDM's 20-channel pose map and PIDM's released UNet: a converted PIDM
+  checkpoint is exactly its b1 (PIDM itself trained on 256×256 stretched images; the UNet is size-agnostic).
+- "deepfashion512" 512×352, latent space of the SD VAE (4×64×44) with the VAE-encoded RGB skeleton as pose, as the
+  paper describes (Sec. 3.1); PIDM's 512 model was never released and pixel space at 512 would cost ~4× the 256 UNet.
+  Needs diffusers for the codec at run time (the network itself builds without it).
+- "market1501" 128×64, pixel space, PIDM-style.
+- "tiny" 64×44 pixels in PixelUnshuffle(2) space (12×32×22), a few channels: for tests and smoke runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InputError
+from .codec import codec_spec
+from .rpa import RPAConfig
+from .unet import UNetConfig, pidm_deepfashion256_config
+
+__all__ = ["RePoseConfig", "RPAConfig", "UNetConfig", "get_config", "CONFIG_NAMES", "VARIANTS", "POSE_ENCODINGS"]
+
+VARIANTS = ("b1", "b2", "full")
+POSE_ENCODINGS = ("pidm20", "skeleton_codec")
+PIDM_POSE_CHANNELS = 20
+
+
+@dataclass(frozen=True)
+class RePoseConfig:
+    variant: str = "b2"  # "b1" (PIDM) | "b2" (+ RPA) | "full" (b2 + pose gradient guidance)
+    unet: UNetConfig = field(default_factory=pidm_deepfashion256_config)  # PIDM-layout denoiser + texture encoder
+    rpa: RPAConfig | None = field(default_factory=RPAConfig)  # None for b1
+    codec: str = "pixel"  # diffusion space: "pixel" | "unshuffle2" | "unshuffle4" | "sd_vae"
+    image_size: tuple[int, int] = (256, 176)  # (H, W) in pixels
+    pose_encoding: str = "pidm20"  # "pidm20": PIDM's 20-ch map resized | "skeleton_codec": codec(RGB skeleton)
+    cond_drop_prob: float = 0.1  # training: P(source replaced by zeros), the CFG "∅" (PIDM guidance_prob)
+    timesteps: int = 1000  # T of the linear β schedule (1e-4 -> 2e-2)
+    cfg_scale: float = 2.0  # classifier-free guidance scale at sampling (PIDM: 2)
+    guidance_scale: float = 0.0  # default η of pose gradient guidance (0 = off; "full" turns it on)
+    guidance_energy: str = "keypoint"  # default energy of PoseGuidance: "keypoint" | "feature"
+    guidance_start: float = 0.0  # default guidance window, fractions of sampling progress
+    guidance_end: float = 1.0
+
+    def __post_init__(self):
+        def bad(name: str, what: str):
+            raise InputError(f"RePoseConfig.{name} = {getattr(self, name)!r}: {what}")
+
+        if isinstance(self.unet, dict):
+            object.__setattr__(self, "unet", UNetConfig.from_dict(self.unet))
+        if isinstance(self.rpa, dict):
+            object.__setattr__(self, "rpa", _rpa_from_dict(self.rpa))
+        object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
+
+        if self.variant not in VARIANTS:
+            bad("variant", f"accepted: {', '.join(VARIANTS)}")
+        if self.pose_encoding not in POSE_ENCODINGS:
+            bad("pose_encoding", f"accepted: {', '.join(POSE_ENCODINGS)}")
+        channels, factor = codec_spec(self.codec)
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            bad("image_size", "must be (H, W) in pixels")
+        if self.image_size[0] % factor or self.image_size[1] % factor:
+            bad("image_size", f"H and W must be multiples of the codec factor {factor} of codec {self.codec!r}")
+        if not 0.0 <= self.cond_drop_prob < 1.0:
+            bad("cond_drop_prob", "must be in [0, 1)")
+        if self.timesteps < 1:
+            bad("timesteps", "must be >= 1")
+        if self.guidance_energy not in ("keypoint", "feature"):
+            bad("guidance_energy", "accepted: 'keypoint', 'feature'")
+
+        pose = self.pose_channels
+        expect = {"in_channels": channels + pose, "out_channels": 2 * channels, "encoder_in_channels": channels}
+        for name, value in expect.items():
+            if getattr(self.unet, name) != value:
+                raise InputError(
+                    f"RePoseConfig.unet.{name} = {getattr(self.unet, name)} does not fit codec {self.codec!r} "
+                    f"({channels} channels) with pose encoding {self.pose_encoding!r} ({pose} channels); "
+                    f"expected {value}"
+                )
+        if self.variant == "b1":
+            if self.rpa is not None:
+                bad("rpa", "variant 'b1' has no Recurrent Pose Alignment; set rpa=None")
+        else:
+            if self.rpa is None:
+                bad("rpa", f"variant {self.variant!r} needs an RPAConfig")
+            if (self.rpa.source_channels, self.rpa.pose_channels) != (channels, pose):
+                raise InputError(
+                    f"RePoseConfig.rpa has source_channels={self.rpa.source_channels}, pose_channels="
+                    f"{self.rpa.pose_channels}; codec {self.codec!r} and pose encoding {self.pose_encoding!r} need "
+                    f"{channels} and {pose}"
+                )
+
+    # -- derived sizes -------------------------------------------------------------------------------------------
+
+    @property
+    def diffusion_channels(self) -> int:
+        return codec_spec(self.codec)[0]
+
+    @property
+    def codec_factor(self) -> int:
+        return codec_spec(self.codec)[1]
+
+    @property
+    def pose_channels(self) -> int:
+        return PIDM_POSE_CHANNELS if self.pose_encoding == "pidm20" else self.diffusion_channels
+
+    @property
+    def diffusion_size(self) -> tuple[int, int]:
+        """(h, w) of the diffusion space for the configured image size."""
+        f = self.codec_factor
+        return self.image_size[0] // f, self.image_size[1] // f
+
+    # -- (de)serialisation, used by checkpoints --------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RePoseConfig":
+        """Inverse of `to_dict` (JSON lists become tuples); unknown fields are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(f"unknown RePoseConfig field(s) {unknown}; accepted fields: {sorted(known)}")
+        values = dict(data)
+        if isinstance(values.get("unet"), dict):
+            values["unet"] = UNetConfig.from_dict(values["unet"])
+        if isinstance(values.get("rpa"), dict):
+            values["rpa"] = _rpa_from_dict(values["rpa"])
+        return cls(**values)
+
+
+def _rpa_from_dict(data: dict) -> RPAConfig:
+    known = {f.name for f in dataclasses.fields(RPAConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(f"unknown RPAConfig field(s) {unknown}; accepted fields: {sorted(known)}")
+    return RPAConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Presets
+
+
+def _tiny() -> dict[str, Any]:
+    codec = "unshuffle2"  # 64×44 px -> 12 × 32×22 (22 is not a multiple of 4: exercises the internal padding)
+    c, _ = codec_spec(codec)
+    unet = UNetConfig(image_size=32, in_channels=c + PIDM_POSE_CHANNELS, model_channels=32, out_channels=2 * c,
+                      num_res_blocks=1, attention_resolutions=(16, 8), channel_mult=(1, 1, 2), embed_channels=64,
+                      dropout=0.0, encoder_in_channels=c)
+    rpa = RPAConfig(source_channels=c, pose_channels=PIDM_POSE_CHANNELS, downsample=2, depth=24, region_radii=(0, 4, 1),
+                    heads_per_region=1, ffn_mult=2, corr_radius=2, iterations=3)
+    return dict(unet=unet, rpa=rpa, codec=codec, image_size=(64, 44), pose_encoding="pidm20")
+
+
+def _deepfashion256() -> dict[str, Any]:
+    unet = pidm_deepfashion256_config()  # PIDM's released network, key-for-key
+    rpa = RPAConfig(source_channels=3, pose_channels=PIDM_POSE_CHANNELS, downsample=4, depth=96, region_radii=(0, 8, 3),
+                    heads_per_region=2, ffn_mult=2, corr_radius=4, iterations=5)  # RPA grid 64×44
+    return dict(unet=unet, rpa=rpa, codec="pixel", image_size=(256, 176), pose_encoding="pidm20")
+
+
+def _deepfashion512() -> dict[str, Any]:
+    c, _ = codec_spec("sd_vae")  # 512×352 -> 4 × 64×44 latents
+    unet = UNetConfig(image_size=64, in_channels=2 * c, model_channels=192, out_channels=2 * c, num_res_blocks=2,
+                      attention_resolutions=(32, 16, 8), channel_mult=(1, 2, 2, 4), embed_channels=768, dropout=0.1,
+                      encoder_in_channels=c)
+    rpa = RPAConfig(source_channels=c, pose_channels=c, downsample=2, depth=96, region_radii=(0, 6, 2),
+                    heads_per_region=2, ffn_mult=2, corr_radius=3, iterations=5)  # RPA grid 32×22
+    return dict(unet=unet, rpa=rpa, codec="sd_vae", image_size=(512, 352), pose_encoding="skeleton_codec")
+
+
+def _market1501() -> dict[str, Any]:
+    unet = UNetConfig(image_size=128, in_channels=3 + PIDM_POSE_CHANNELS, model_channels=128, out_channels=6,
+                      num_res_blocks=2, attention_resolutions=(32, 16, 8), channel_mult=(1, 1, 2, 2, 4),
+                      embed_channels=512, dropout=0.1, encoder_in_channels=3)
+    rpa = RPAConfig(source_channels=3, pose_channels=PIDM_POSE_CHANNELS, downsample=4, depth=96, region_radii=(0, 6, 2),
+                    heads_per_region=2, ffn_mult=2, corr_radius=3, iterations=5)  # RPA grid 32×16
+    return dict(unet=unet, rpa=rpa, codec="pixel", image_size=(128, 64), pose_encoding="pidm20")
+
+
+_MISSING = object()
+_PRESETS = {"tiny": _tiny, "deepfashion256": _deepfashion256, "deepfashion512": _deepfashion512,
+            "market1501": _market1501}
+CONFIG_NAMES = tuple(_PRESETS)
+
+# Defaults of pose gradient guidance for the "full" variant (paper Sec. 3.3-3.4; the paper gives no η, so 1.0 with
+# the keypoint energy over the whole trajectory is our default — tune with bench/bench_guidance.py).
+_FULL_GUIDANCE = dict(guidance_scale=1.0, guidance_energy="keypoint", guidance_start=0.0, guidance_end=1.0)
+
+
+def get_config(name: str, variant: str = "b2", **overrides) -> RePoseConfig:
+    """Named preset for a variant. `overrides` replace RePoseConfig fields; `rpa=` may be a dict of RPAConfig
+    field overrides (e.g. get_config("tiny", "b2", rpa=dict(warp_space="feature", iterations=2)))."""
+    if name not in _PRESETS:
+        raise InputError(f"unknown RePose config {name!r}; accepted: {', '.join(CONFIG_NAMES)}")
+    if variant not in VARIANTS:
+        raise InputError(f"unknown RePose variant {variant!r}; accepted: {', '.join(VARIANTS)}")
+    fields_ = _PRESETS[name]()
+    if variant == "b1":
+        fields_["rpa"] = None
+    if variant == "full":
+        fields_.update(_FULL_GUIDANCE)
+    rpa_over = overrides.pop("rpa", _MISSING)
+    if isinstance(rpa_over, dict):
+        if fields_["rpa"] is None:
+            raise InputError("variant 'b1' has no RPA; rpa overrides apply to 'b2' and 'full' only")
+        fields_["rpa"] = dataclasses.replace(fields_["rpa"], **rpa_over)
+    elif rpa_over is not _MISSING:
+        fields_["rpa"] = rpa_over
+    known = {f.name for f in dataclasses.fields(RePoseConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise InputError(f"unknown RePoseConfig override(s) {unknown}; accepted: {sorted(known)}")
+    fields_.update(overrides)
+    return RePoseConfig(variant=variant, **fields_)

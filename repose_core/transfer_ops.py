@@ -1,0 +1,97 @@
+"""Building blocks of a pose transfer that the ComfyUI nodes (and scripts) call one at a time:
+target pose -> pose tensor, source/pose batch pairing, Recurrent Pose Alignment with a chosen number of iterations,
+and the conditions used during sampling. Pure PyTorch (no ComfyUI).
+
+The whole pipeline (load, align, sample, decode) lives in `repose_core.pipeline`; these are its steps exposed
+separately because a node graph runs them in separate nodes (RPA preview, then sampling with any sampler).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import EmptyPoseError, InputError
+from .models.repose import AppearanceCond, RePoseDM
+from .pose import PoseFrame, render_openpose, render_pidm_pose_map
+
+
+def render_target_poses(frames: Sequence[PoseFrame], height: int, width: int, encoding: str) -> Tensor:
+    """Target poses -> (B, P, H, W) float32 in [0, 1] at pixel resolution, as `RePoseDM.encode_pose` takes them.
+
+    encoding "pidm20": PIDM's 20-channel map of the first person of each frame; "skeleton_codec": the OpenPose RGB
+    skeleton of all people. Each frame's canvas is stretched to width x height. A frame without a person raises
+    EmptyPoseError naming it (a pose transfer needs a target body)."""
+    if encoding not in ("pidm20", "skeleton_codec"):
+        raise InputError(f"unknown pose encoding {encoding!r}; accepted: pidm20, skeleton_codec")
+    if not frames:
+        raise InputError("the target pose holds no frame; connect a pose with at least one person")
+    maps = []
+    for i, frame in enumerate(frames):
+        if not frame.people or all(p.is_empty() for p in frame.people):
+            raise EmptyPoseError(f"frame {i} of the target pose has no person (no keypoint with confidence > 0); "
+                                 f"a pose transfer needs the target body's joints")
+        if encoding == "pidm20":
+            maps.append(render_pidm_pose_map(frame.people[0], height, width))
+        else:
+            maps.append(render_openpose(frame, height, width))
+    return torch.from_numpy(np.stack(maps)).permute(0, 3, 1, 2).contiguous()  # (B,H,W,P) -> (B,P,H,W)
+
+
+def pair_batches(source: Tensor, pose: Tensor, names: tuple[str, str] = ("source", "target pose")):
+    """Broadcast a batch of 1 to the other's size; different sizes > 1 are an InputError naming both inputs."""
+    bs, bp = source.shape[0], pose.shape[0]
+    if bs == bp:
+        return source, pose
+    if bs == 1:
+        return source.expand(bp, *source.shape[1:]), pose
+    if bp == 1:
+        return source, pose.expand(bs, *pose.shape[1:])
+    raise InputError(f"batch mismatch: {names[0]} has {bs} images but {names[1]} has {bp}; give the same number, "
+                     f"or one of them a single item that is used for all")
+
+
+@contextlib.contextmanager
+def rpa_iterations(model: RePoseDM, iterations: int | None):
+    """Temporarily run the model's RPA with `iterations` recurrent steps (None or 0 = the trained default)."""
+    if model.rpa is None or not iterations:
+        yield
+        return
+    if int(iterations) != iterations or iterations < 1:
+        raise InputError(f"RPA iterations must be an integer >= 1 (0 = the model's default), got {iterations!r}")
+    original = model.rpa.cfg
+    model.rpa.cfg = dataclasses.replace(original, iterations=int(iterations))
+    try:
+        yield
+    finally:
+        model.rpa.cfg = original
+
+
+@dataclasses.dataclass
+class Alignment:
+    """Result of `align`: the sampling conditions and what to show the user."""
+
+    cond: AppearanceCond         # features only (what the denoiser needs at every step)
+    null_cond: AppearanceCond    # CFG "∅"
+    pose_map: Tensor             # (B, P, h, w) diffusion space
+    source_z: Tensor             # (B, C, h, w) diffusion space
+    previews: list[Tensor]       # decoded warped source per RPA iteration, (B, 3, H, W) in [-1, 1]; [] for b1
+    flow: Tensor | None          # (B, 2, h, w) final RPA flow, diffusion pixels; None for b1
+
+
+@torch.no_grad()
+def align(model: RePoseDM, source: Tensor, pose: Tensor, iterations: int | None = None,
+          progress: Callable | None = None) -> Alignment:
+    """Encode source (B, 3, H, W) in [-1, 1] and pixel-resolution pose (B, P, H, W), run `prepare` (RPA for b2/full)
+    with decoded previews. Sizes must already be paired (see `pair_batches`)."""
+    source_z = model.encode_source(source)
+    pose_map = model.encode_pose(pose.to(source.dtype), size=tuple(source_z.shape[-2:]))
+    with rpa_iterations(model, iterations):
+        cond = model.prepare(source_z, pose_map, progress=progress, decode_previews=model.rpa is not None)
+    null = model.null_cond(cond)
+    return Alignment(cond=AppearanceCond(features=cond.features), null_cond=AppearanceCond(features=null.features),
+                     pose_map=pose_map, source_z=source_z, previews=list(cond.previews), flow=cond.flow)

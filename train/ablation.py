@@ -1,0 +1,487 @@
+"""The paper's ablation (Table 2: B1 = PIDM, B2 = + RPA, full = + pose gradient guidance) in miniature, on the CPU.
+
+    # 1. data (synthetic figures, DeepFashion PATN layout) and the pose estimator
+    python train/make_synthetic.py --out /work/runs/data/synth64 --size 64x44 --train-ids 1500 --test-ids 60
+    python train/train_estimator.py --data-root /work/runs/data/synth64 --out-dir /work/runs/estimator
+    # 2. the three models, same recipe and number of steps (train/train_deepfashion.py underneath)
+    python train/ablation.py train --variant b1   --out /work/runs/ablation/b1
+    python train/ablation.py train --variant b2   --out /work/runs/ablation/b2
+    python train/ablation.py train --variant full --out /work/runs/ablation/full
+    # 3. held-out evaluation, several sampling seeds -> JSON, then the markdown table
+    python train/ablation.py eval --runs /work/runs/ablation --out /work/runs/ablation/results.json
+    python train/ablation.py table --results /work/runs/ablation/results.json
+
+`train` runs train/train_deepfashion.py (unchanged, in-process) with the recipe below on the synthetic dataset; only
+two things are added around it: torch is limited to `--threads` intra-op threads (on a shared 2-core machine this is
+several times faster than oversubscribed threads), and `repose_core.estimator.build_estimator`, which the guided
+loss of "full" calls and which reads HigherHRNet checkpoints only, is pointed at `repose_core.pipeline.
+load_estimator`, which also reads the small estimator we ship (SmallHRNet).
+
+`eval` generates every held-out pair (test identities never seen in training) with `PoseTransferPipeline` for each
+model and sampling seed and measures SSIM (Gaussian 9x9 window, PIDM's "SSIM_256" form — the 51-px uniform window
+does not fit a 64x44 image), L1, and the pose accuracy of the generated image (PCK@0.1 of the bbox size, mean
+keypoint error) by the estimator, plus diagnostics: RPA warp error, guidance energy before/after, and a breakdown
+by the target's pose kind (recovered by replaying the dataset generator's random streams).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repose_core beside train/
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+VARIANTS = ("b1", "b2", "full")
+
+# The recipe shared by the three variants (train_deepfashion options). Short-run choices, documented in
+# docs/ablation.md: a larger learning rate than the paper's 1e-4 with warm-up, and an EMA with a horizon of ~500
+# steps (the paper's 0.9999 would leave the EMA at its initial weights after a few hundred steps).
+RECIPE = {
+    "layout": "patn", "preset": "tiny", "size": ["64", "44"], "batch-size": "8", "lr": "5e-4", "warmup-steps": "50",
+    "ema-decay": "0.998", "ema-warmup-steps": "200", "grad-clip": "1.0", "num-workers": "1", "log-every": "25",
+    "device": "cpu", "timesteps": "1000", "cond-dropout": "0.1",
+}
+RPA_WARP_WEIGHT = "1.0"  # b2 and full: the auxiliary RPA warp loss (our addition) — RPA gets a direct signal
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+
+
+def install_estimator_shim() -> None:
+    """Let train_deepfashion's guided loss read our SmallHRNet files (it calls repose_core.estimator.build_estimator,
+    which builds HigherHRNet checkpoints only)."""
+    import repose_core.estimator as estimator_pkg
+    from repose_core.pipeline import load_estimator
+
+    estimator_pkg.build_estimator = lambda path, **kw: load_estimator(path, **kw)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def train_argv(args) -> list[str]:
+    argv = ["--data-root", args.data_root, "--variant", args.variant, "--out", args.out,
+            "--max-steps", str(args.steps), "--save-every", str(args.steps), "--seed", str(args.seed),
+            "--no-tensorboard"]
+    for k, v in RECIPE.items():
+        argv += [f"--{k}", *(v if isinstance(v, list) else [v])]
+    if args.variant != "b1":
+        argv += ["--rpa-warp-weight", RPA_WARP_WEIGHT]
+    if args.variant == "full":
+        argv += ["--estimator", args.estimator, "--guidance-eta", str(args.guidance_eta)]
+    return argv
+
+
+def cmd_train(args) -> int:
+    import train.train_deepfashion as td
+
+    torch.set_num_threads(args.threads)
+    install_estimator_shim()
+    argv = train_argv(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    code = td.main(argv)
+    seconds = time.perf_counter() - start
+    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+    last = logs[-4:]
+    record = {
+        "command": "python train/ablation.py train " + " ".join(sys.argv[2:]),
+        "train_deepfashion_argv": argv, "git_commit": git_commit(), "variant": args.variant, "steps": args.steps,
+        "seconds": round(seconds, 1), "threads": args.threads,
+        "final": {k: round(float(np.mean([r[k] for r in last if k in r])), 5)
+                  for k in ("loss", "mse", "vb", "rpa_warp", "guidance_shift") if any(k in r for r in last)},
+        "pairs_per_s": round(float(np.mean([r["pairs_per_s"] for r in logs[1:] if "pairs_per_s" in r] or [0])), 2),
+    }
+    (out / "record.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+    return code
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def load_test_pairs(root: Path, n_pairs: int, split: str = "test"):
+    """Every k-th pair of `split` -> (sources uint8, target images uint8, target poses, source poses, kinds)."""
+    from PIL import Image
+
+    from repose_core.pose import read_patn_annotations, read_patn_pairs
+
+    meta = json.loads((root / "dataset.json").read_text())
+    H, W = meta["size"]["height"], meta["size"]["width"]
+    ann = read_patn_annotations(root / f"fasion-resize-annotation-{split}.csv", height=H, width=W)
+    pairs = read_patn_pairs(root / f"fasion-resize-pairs-{split}.csv")
+    step = max(1, len(pairs) // n_pairs)
+    pairs = pairs[::step][:n_pairs]
+    kinds = pose_kinds(meta, split)
+    read = lambda n: np.asarray(Image.open(root / f"{split}_highres" / n).convert("RGB"))  # noqa: E731
+    return {
+        "names": pairs,
+        "sources": [read(a) for a, _ in pairs], "targets": [read(b) for _, b in pairs],
+        "target_poses": [ann[b] for _, b in pairs], "source_poses": [ann[a] for a, _ in pairs],
+        "kinds": [kinds.get(b, "?") for _, b in pairs], "size": (H, W),
+    }
+
+
+def pose_kinds(meta: dict, split: str = "test") -> dict:
+    """{image name: pose kind} by replaying the generator's per-identity random streams (dataset.py)."""
+    from repose_core.synthetic import image_name, sample_identity, sample_pose_params
+    from repose_core.synthetic.dataset import identity_rng
+
+    out = {}
+    for i in range(meta["counts"][split]["identities"]):
+        rng = identity_rng(meta["seed"], split, i)
+        sample_identity(rng)
+        for k in range(meta["poses_per_id"]):
+            out[image_name(split, i, k)] = sample_pose_params(rng).kind
+    return out
+
+
+def estimate_coco(estimator, images01: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) [0, 1] -> COCO-17 keypoints (N, 17, 3) (zeros where no person is found)."""
+    from repose_core.estimator.decode import estimate_poses
+
+    x = torch.from_numpy(np.ascontiguousarray(images01)).permute(0, 3, 1, 2).float()
+    out = []
+    for i in range(0, len(x), 64):
+        for frame in estimate_poses(estimator, x[i:i + 64], threshold=0.1):
+            out.append(frame.people[0].keypoints if frame.people else np.zeros((17, 3), np.float32))
+    return np.stack(out)
+
+
+def image_metrics(pred01: np.ndarray, gt01: np.ndarray) -> dict:
+    from repose_core.metrics import l1, ssim
+
+    p = torch.from_numpy(pred01).permute(0, 3, 1, 2).double()
+    g = torch.from_numpy(gt01).permute(0, 3, 1, 2).double()
+    return {"ssim": ssim(p, g, window="gaussian").numpy(), "l1": l1(p, g).numpy()}
+
+
+def per_image_pck(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    from repose_core.metrics import pose_accuracy
+
+    return np.array([pose_accuracy(p[None], g[None])["pck"] for p, g in zip(pred, gt)])
+
+
+def keypoint_energy_of(estimator, images01: np.ndarray, poses, sigma: float) -> np.ndarray:
+    """The guidance keypoint energy of finished images (what guidance minimises), per image."""
+    from repose_core.guidance import KeypointTarget, keypoint_energy
+    from repose_core.pose import PoseFrame
+
+    x = torch.from_numpy(np.ascontiguousarray(images01)).permute(0, 3, 1, 2).float()
+    H, W = x.shape[-2:]
+    target = KeypointTarget([PoseFrame([p], W, H) for p in poses], sigma=sigma)
+    with torch.no_grad():
+        return keypoint_energy(estimator, x, target).numpy()
+
+
+def cmd_eval(args) -> int:
+    from repose_core.pipeline import PoseTransferPipeline, load_estimator
+    from repose_core.pose.keypoints import openpose18_to_coco17
+
+    torch.set_num_threads(args.threads)
+    runs = Path(args.runs)
+    data = load_test_pairs(Path(args.data_root), args.pairs)
+    estimator = load_estimator(args.estimator)
+    sigma = float(getattr(estimator.config, "sigma", 2.0))
+    gt01 = np.stack(data["targets"]).astype(np.float32) / 255
+    src01 = np.stack(data["sources"]).astype(np.float32) / 255
+    gt_kp = np.stack([openpose18_to_coco17(p).keypoints for p in data["target_poses"]])
+    kinds = np.array(data["kinds"])
+    print(f"{len(gt01)} held-out pairs, seeds {args.seeds}, {args.steps} DDIM steps, cfg {args.cfg}", flush=True)
+
+    def summarise(pred01, extra=None):
+        m = image_metrics(pred01, gt01)
+        kp = estimate_coco(estimator, pred01)
+        from repose_core.metrics import pose_accuracy
+        acc = pose_accuracy(kp, gt_kp)
+        pck_i = per_image_pck(kp, gt_kp)
+        out = {"ssim": float(m["ssim"].mean()), "l1": float(m["l1"].mean()), "pck": acc["pck"],
+               "mean_error_px": acc["mean_error_px"], "detected": acc["detected_fraction"],
+               "keypoint_energy": float(keypoint_energy_of(estimator, pred01, data["target_poses"], sigma).mean()),
+               "by_kind": {k: {"pck": float(np.nanmean(pck_i[kinds == k])),
+                               "ssim": float(m["ssim"][kinds == k].mean()), "n": int((kinds == k).sum())}
+                           for k in sorted(set(kinds))}}
+        out.update(extra or {})
+        return out
+
+    results = {"meta": {"pairs": len(gt01), "seeds": args.seeds, "steps": args.steps, "cfg": args.cfg,
+                        "guidance_scale": args.guidance_scale, "estimator": args.estimator,
+                        "data_root": args.data_root, "git_commit": git_commit(), "threads": args.threads},
+               "references": {"ground_truth": summarise(gt01), "copy_source": summarise(src01)}, "rows": {}}
+    rows = [("B1", "b1", None), ("B2", "b2", None), ("full (no sampling guidance)", "full", None),
+            ("full", "full", {"scale": args.guidance_scale, "every": args.guidance_every})]
+    pipes = {}
+    for label, variant, guidance in rows:
+        path = runs / variant / "ema.safetensors"
+        if not path.is_file():
+            print(f"skipping {label}: {path} not found", flush=True)
+            continue
+        if variant not in pipes:
+            pipes[variant] = PoseTransferPipeline.from_files(path)
+            pipes[variant].estimator = estimator
+        pipe = pipes[variant]
+        per_seed = []
+        for seed in args.seeds:
+            t0 = time.perf_counter()
+            outs, warp_err, energies = [], [], []
+            for i in range(0, len(gt01), args.batch):
+                r = pipe.transfer(data["sources"][i:i + args.batch], data["target_poses"][i:i + args.batch],
+                                  steps=args.steps, cfg=args.cfg, guidance=guidance, seed=seed * 1000 + i)
+                outs.append(r.canvas_images)
+                if r.warped:
+                    warp_err.append(np.abs(r.warped[-1] - gt01[i:i + args.batch]).mean(axis=(1, 2, 3)))
+                if r.guidance_history:
+                    energies.append((np.array(r.guidance_history[0]["energy"]),
+                                     np.array(r.guidance_history[-1]["energy"])))
+            pred = np.concatenate(outs)
+            extra = {"seconds": round(time.perf_counter() - t0, 1)}
+            if warp_err:
+                extra["rpa_warp_l1"] = float(np.concatenate(warp_err).mean())
+            if energies:
+                extra["guidance_energy_first"] = float(np.concatenate([e[0] for e in energies]).mean())
+                extra["guidance_energy_last"] = float(np.concatenate([e[1] for e in energies]).mean())
+            per_seed.append(summarise(pred, extra))
+            print(f"{label} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in per_seed[-1].items()
+                                                        if isinstance(v, float)), flush=True)
+            if args.save_images:
+                from PIL import Image
+                folder = Path(args.out).parent / "samples" / variant
+                folder.mkdir(parents=True, exist_ok=True)
+                tag = "guided" if guidance else "plain"
+                for j in range(min(8, len(pred))):
+                    Image.fromarray((pred[j] * 255).round().astype(np.uint8)).save(
+                        folder / f"{tag}_seed{seed}_{j}.png")
+        results["rows"][label] = {"variant": variant, "guidance": guidance, "per_seed": per_seed,
+                                  "summary": aggregate(per_seed)}
+    results["meta"]["rpa_warp_l1_identity"] = float(np.abs(src01 - gt01).mean())
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """mean ± half the max-min spread over seeds, for every scalar metric."""
+    out = {}
+    for k, v in per_seed[0].items():
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            vals = np.array([s[k] for s in per_seed], np.float64)
+            out[k] = {"mean": float(vals.mean()), "spread": float((vals.max() - vals.min()) / 2)}
+    kinds = per_seed[0].get("by_kind", {})
+    out["by_kind"] = {k: {m: float(np.mean([s["by_kind"][k][m] for s in per_seed])) for m in ("pck", "ssim")}
+                      for k in kinds}
+    return out
+
+
+def cmd_sweep(args) -> int:
+    """Guidance step η for the full model, chosen on TRAINING-split pairs (never the held-out evaluation pairs)."""
+    from repose_core.metrics import pose_accuracy
+    from repose_core.pipeline import PoseTransferPipeline, load_estimator
+    from repose_core.pose.keypoints import openpose18_to_coco17
+
+    torch.set_num_threads(args.threads)
+    data = load_test_pairs(Path(args.data_root), args.pairs, split="train")
+    estimator = load_estimator(args.estimator)
+    pipe = PoseTransferPipeline.from_files(Path(args.runs) / "full" / "ema.safetensors")
+    pipe.estimator = estimator
+    gt01 = np.stack(data["targets"]).astype(np.float32) / 255
+    gt_kp = np.stack([openpose18_to_coco17(p).keypoints for p in data["target_poses"]])
+    rows = []
+    for scale in args.scales:
+        guidance = {"scale": scale, "every": args.guidance_every} if scale > 0 else None
+        r = pipe.transfer(data["sources"], data["target_poses"], steps=args.steps, cfg=args.cfg, guidance=guidance,
+                          seed=args.seed)
+        m = image_metrics(r.canvas_images, gt01)
+        acc = pose_accuracy(estimate_coco(estimator, r.canvas_images), gt_kp)
+        rows.append({"scale": scale, "ssim": float(m["ssim"].mean()), "l1": float(m["l1"].mean()), "pck": acc["pck"],
+                     "mean_error_px": acc["mean_error_px"], "seconds": round(r.seconds, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    Path(args.out).write_text(json.dumps({"split": "train", "pairs": len(gt01), "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Table
+
+
+def fmt(cell: dict, digits: int = 3) -> str:
+    return f"{cell['mean']:.{digits}f} ± {cell['spread']:.{digits}f}"
+
+
+def cmd_table(args) -> int:
+    res = json.loads(Path(args.results).read_text())
+    meta = res["meta"]
+    lines = [f"Held-out pairs: {meta['pairs']}; sampling seeds {meta['seeds']} (mean ± half the range over seeds); "
+             f"DDIM {meta['steps']} steps, CFG w = {meta['cfg']}; guidance η = {meta['guidance_scale']} "
+             f"(keypoint energy).", "",
+             "| model | SSIM ↑ | L1 ↓ | PCK@0.1 ↑ | keypoint error (px) ↓ | RPA warp L1 ↓ | guidance energy first → last |",
+             "|---|---|---|---|---|---|---|"]
+    for label, row in res["rows"].items():
+        s = row["summary"]
+        warp = fmt(s["rpa_warp_l1"]) if "rpa_warp_l1" in s else "—"
+        energy = (f"{s['guidance_energy_first']['mean']:.1f} → {s['guidance_energy_last']['mean']:.1f}"
+                  if "guidance_energy_first" in s else "—")
+        lines.append(f"| {label} | {fmt(s['ssim'])} | {fmt(s['l1'])} | {fmt(s['pck'])} | "
+                     f"{fmt(s['mean_error_px'], 2)} | {warp} | {energy} |")
+    for label, r in res["references"].items():
+        lines.append(f"| *{label.replace('_', ' ')}* | {r['ssim']:.3f} | {r['l1']:.3f} | {r['pck']:.3f} | "
+                     f"{r['mean_error_px']:.2f} | "
+                     f"{meta['rpa_warp_l1_identity']:.3f} (no warp) |—|" if label == "copy_source" else
+                     f"| *{label.replace('_', ' ')}* | {r['ssim']:.3f} | {r['l1']:.3f} | {r['pck']:.3f} | "
+                     f"{r['mean_error_px']:.2f} | — | — |")
+    kinds = sorted(next(iter(res["rows"].values()))["summary"]["by_kind"]) if res["rows"] else []
+    if kinds:
+        lines += ["", "PCK@0.1 by the target's pose kind:", "",
+                  "| model | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+        for label, row in res["rows"].items():
+            bk = row["summary"]["by_kind"]
+            lines.append(f"| {label} | " + " | ".join(f"{bk[k]['pck']:.2f}" for k in kinds) + " |")
+        gt = res["references"]["ground_truth"]["by_kind"]
+        lines.append("| *ground truth* | " + " | ".join(f"{gt[k]['pck']:.2f}" for k in kinds) + " |")
+        lines.append("| pairs | " + " | ".join(str(gt[k]["n"]) for k in kinds) + " |")
+    text = "\n".join(lines) + "\n"
+    if args.out:
+        Path(args.out).write_text(text)
+    print(text)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shipping the small models
+
+
+def cmd_ship(args) -> int:
+    """Copy the trained full / b1 EMA weights (as float16) and the estimator into repose_core/weights/ and write
+    TRAINING.md from the runs' records."""
+    from repose_core.checkpoint import load_model, read_metadata, save_model
+
+    runs, dest = Path(args.runs), Path(args.dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    shipped = []
+    for variant, name in (("full", "repose_default_full.safetensors"), ("b1", "repose_default_b1.safetensors")):
+        record = json.loads((runs / variant / "record.json").read_text())
+        with torch.inference_mode(False):
+            model = load_model(runs / variant / "ema.safetensors").half()
+        save_model(dest / name, model, "repose_dm", extra_metadata={"training": record, "stored_dtype": "float16"})
+        shipped.append((name, record))
+    est_src = Path(args.estimator_run)
+    est_record = json.loads((est_src / "record.json").read_text())
+    (dest / "repose_default_estimator.safetensors").write_bytes((est_src / "estimator.safetensors").read_bytes())
+    read_metadata(dest / "repose_default_estimator.safetensors")  # a RePose file: fails loudly otherwise
+    shipped.append(("repose_default_estimator.safetensors", est_record))
+    (dest / "TRAINING.md").write_text(training_md(shipped, dest), encoding="utf-8")
+    print(f"wrote {[n for n, _ in shipped]} and TRAINING.md to {dest}")
+    return 0
+
+
+def training_md(shipped, dest: Path) -> str:
+    lines = ["# Shipped weights: how they were trained", "",
+             "Small models for the demo (`bash run.sh demo`), the ComfyUI example workflows and the tests. They are",
+             "trained on the CPU, in minutes, on the procedural figures of `repose_core.synthetic` at 64x44 — they",
+             "show that the code paths work; they are not DeepFashion models. Written by `python train/ablation.py "
+             "ship`.", "",
+             "| file | size | kind | trained by |", "|---|---|---|---|"]
+    for name, rec in shipped:
+        size = (dest / name).stat().st_size / 1e6
+        what = "RePoseDM " + rec.get("variant", "") if "variant" in rec else "pose estimator (SmallHRNet)"
+        lines.append(f"| `{name}` | {size:.2f} MB | {what} | `{rec['command']}` |")
+    for name, rec in shipped:
+        lines += ["", f"## `{name}`", "",
+                  f"- command: `{rec['command']}`",
+                  f"- git commit: `{rec['git_commit']}` (the tree the run used; uncommitted files may have differed)",
+                  f"- steps: {rec['steps']}, wall time {rec['seconds']:.0f} s on a shared 2-core CPU "
+                  f"({rec.get('threads', 1)} thread)"]
+        if "train_deepfashion_argv" in rec:
+            lines.append("- train/train_deepfashion.py options: `" + " ".join(rec["train_deepfashion_argv"]) + "`")
+            lines.append("- final losses (mean of the last logged steps): " +
+                         ", ".join(f"{k} {v:.4f}" for k, v in rec["final"].items()))
+            lines.append("- data: " + next((rec["train_deepfashion_argv"][i + 1] for i, a in
+                                            enumerate(rec["train_deepfashion_argv"]) if a == "--data-root"), "?") +
+                         " (train split; stored as float16, the EMA weights)")
+        else:
+            lines.append(f"- data: {rec['data_root']} ({rec['train_images']} training images; "
+                         f"{rec['test_images']} held-out test images of unseen identities)")
+            lines.append(f"- final loss (EMA of the batch loss): {rec['final_loss_ema']}; parameters "
+                         f"{rec['parameters']:,}; stored as float16")
+            c, d = rec["test_clean"], rec["test_degraded"]
+            lines.append(f"- held-out PCK@0.1: clean {c['pck']:.3f} (mean error {c['mean_error_px']:.2f} px), "
+                         f"blurred + noisy {d['pck']:.3f} (mean error {d['mean_error_px']:.2f} px)")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train one variant with the shared recipe")
+    t.add_argument("--variant", choices=VARIANTS, required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--data-root", default="/work/runs/data/synth64")
+    t.add_argument("--estimator", default=str(REPO / "repose_core/weights/repose_default_estimator.safetensors"))
+    t.add_argument("--steps", type=int, default=1000)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--guidance-eta", type=float, default=1.0)
+    t.add_argument("--threads", type=int, default=1)
+    e = sub.add_parser("eval", help="evaluate the trained runs on held-out pairs")
+    e.add_argument("--runs", default="/work/runs/ablation", help="folder with b1/ b2/ full/ run folders")
+    e.add_argument("--data-root", default="/work/runs/data/synth64")
+    e.add_argument("--estimator", default=str(REPO / "repose_core/weights/repose_default_estimator.safetensors"))
+    e.add_argument("--out", default="/work/runs/ablation/results.json")
+    e.add_argument("--pairs", type=int, default=60)
+    e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    e.add_argument("--steps", type=int, default=20)
+    e.add_argument("--cfg", type=float, default=2.0)
+    e.add_argument("--guidance-scale", type=float, default=1.0)
+    e.add_argument("--guidance-every", type=int, default=1)
+    e.add_argument("--batch", type=int, default=30)
+    e.add_argument("--threads", type=int, default=1)
+    e.add_argument("--save-images", action="store_true")
+    sw = sub.add_parser("sweep", help="guidance scale sweep of the full model on training-split pairs")
+    sw.add_argument("--runs", default="/work/runs/ablation")
+    sw.add_argument("--data-root", default="/work/runs/data/synth64")
+    sw.add_argument("--estimator", default=str(REPO / "repose_core/weights/repose_default_estimator.safetensors"))
+    sw.add_argument("--out", default="/work/runs/ablation/sweep.json")
+    sw.add_argument("--pairs", type=int, default=40)
+    sw.add_argument("--scales", type=float, nargs="+", default=[0.0, 0.1, 0.3, 1.0, 3.0, 10.0])
+    sw.add_argument("--guidance-every", type=int, default=1)
+    sw.add_argument("--steps", type=int, default=20)
+    sw.add_argument("--cfg", type=float, default=2.0)
+    sw.add_argument("--seed", type=int, default=0)
+    sw.add_argument("--threads", type=int, default=1)
+    sh = sub.add_parser("ship", help="copy the trained full/b1/estimator into repose_core/weights + TRAINING.md")
+    sh.add_argument("--runs", default="/work/runs/ablation")
+    sh.add_argument("--estimator-run", default="/work/runs/estimator")
+    sh.add_argument("--dest", default=str(REPO / "repose_core" / "weights"))
+    tb = sub.add_parser("table", help="markdown table from the eval JSON")
+    tb.add_argument("--results", default="/work/runs/ablation/results.json")
+    tb.add_argument("--out", default="")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return {"train": cmd_train, "eval": cmd_eval, "table": cmd_table, "ship": cmd_ship,
+            "sweep": cmd_sweep}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
