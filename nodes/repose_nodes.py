@@ -293,7 +293,7 @@ class RePoseKSampler:
             "repose_cond": ("REPOSE_COND", {"tooltip": "From Recurrent Pose Align."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True,
                              "tooltip": "Noise seed (the same seed gives the same noise as ComfyUI's KSampler)."}),
-            "steps": ("INT", {"default": 30, "min": 1, "max": 1000, "tooltip": "Sampling steps."}),
+            "steps": ("INT", {"default": 30, "min": 1, "max": 10000, "tooltip": "Sampling steps."}),
             "cfg": ("FLOAT", {"default": 2.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                               "tooltip": "Classifier-free guidance scale w on the appearance (PIDM/RePoseDM: 2)."}),
             "sampler_name": (samplers, {"default": "euler", "tooltip": "ComfyUI sampler."}),
