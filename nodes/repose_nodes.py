@@ -17,7 +17,7 @@ from .model_files import DTYPES, check_kind, list_models, resolve_dtype, resolve
 from .utils import comfy_image_to_core, comfy_progress, core_to_comfy_image, reports_user_errors
 
 log = logging.getLogger("repose")
-CATEGORY = "RePose"
+CATEGORY = "RePose/transfer"
 DEFAULT_MODEL = "repose_default_full.safetensors"
 CFG_MODES = ("single", "disentangled")
 
