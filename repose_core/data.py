@@ -316,7 +316,30 @@ class Augment:
 # Datasets
 
 
-class PoseTransferDataset(Dataset):
+class _SkipsBadFiles:
+    """`__getitem__` for datasets whose `load_item` raises DataFileError on a missing/unreadable file: the entry is
+    reported (file, pair, reason) and skipped for good, or the error is raised when on_error == "fatal"."""
+
+    def _describe(self, i: int) -> str:
+        return self.records[i].where
+
+    def __getitem__(self, index: int) -> dict:
+        n = len(self.records)
+        for attempt in range(n):
+            i = (index + attempt) % n
+            if i in self.bad:
+                continue
+            try:
+                return self.load_item(i)
+            except DataFileError as e:
+                if self.on_error == "fatal":
+                    raise
+                self.bad.add(i)
+                _report(DataProblem(e.file, e.pair or self._describe(i), e.reason), "skip", self.report_path)
+        raise InputError(f"no readable entry left in the dataset ({n} entries, all unreadable); see the warnings above")
+
+
+class PoseTransferDataset(_SkipsBadFiles, Dataset):
     """Pairs -> dict of tensors for the pose-transfer models.
 
     Item: source, target (3, H, W) in [-1, 1]; source_pose_map, target_pose_map in [0, 1] at `pose_size` (default:
@@ -395,20 +418,8 @@ class PoseTransferDataset(Dataset):
             "pair": rec.where,
         }
 
-    def __getitem__(self, index: int) -> dict:
-        n = len(self.records)
-        for attempt in range(n):
-            i = (index + attempt) % n
-            if i in self.bad:
-                continue
-            try:
-                return self.load_item(i)
-            except DataFileError as e:
-                if self.on_error == "fatal":
-                    raise
-                self.bad.add(i)
-                _report(DataProblem(e.file, e.pair or self.records[i].describe(), e.reason), "skip", self.report_path)
-        raise InputError(f"no readable pair left in the dataset ({n} pairs, all unreadable); see the warnings above")
+    def _describe(self, i: int) -> str:
+        return self.records[i].describe()
 
 
 def swap_pair_batch(batch: dict) -> dict:
@@ -478,7 +489,7 @@ def _resize_frame(frame: PoseFrame, sx: float, sy: float, ox: float, oy: float, 
     return PoseFrame([transform_pose(p, (sx, sy), (ox, oy), W, H) for p in frame.people], W, H)
 
 
-class HumanSDDataset(Dataset):
+class HumanSDDataset(_SkipsBadFiles, Dataset):
     """HumanSD items: image (3, H, W) in [-1, 1], pose_image (3, H, W) in [-1, 1] (HumanSD's COCO-17 skeleton,
     `render_humansd` with its training threshold 0.02), prompt (str), keypoints (max_people, 17, 3) in image pixels
     (zero rows pad), index.
@@ -539,20 +550,6 @@ class HumanSDDataset(Dataset):
             "index": index,
         }
 
-    def __getitem__(self, index: int) -> dict:
-        n = len(self.records)
-        for attempt in range(n):
-            i = (index + attempt) % n
-            if i in self.bad:
-                continue
-            try:
-                return self.load_item(i)
-            except DataFileError as e:
-                if self.on_error == "fatal":
-                    raise
-                self.bad.add(i)
-                _report(DataProblem(e.file, e.pair or self.records[i].where, e.reason), "skip", self.report_path)
-        raise InputError(f"no readable entry left in the dataset ({n} entries); see the warnings above")
 
 
 __all__ = [

@@ -34,6 +34,7 @@ from ..errors import PoseFormatError
 from .keypoints import (
     COCO17, OPENPOSE18, Pose, PoseFrame, body25_to_openpose18, coco17_to_openpose18, openpose18_to_coco17,
 )
+from .geometry import transform_extras
 from .validate import validate_pose
 
 log = logging.getLogger("repose")
@@ -168,20 +169,6 @@ def _looks_normalized(people_kps: list, people_extras: list) -> bool:
     return found
 
 
-def _scale_extras(extras: dict, sx: float, sy: float, ox: float = 0.0, oy: float = 0.0) -> dict:
-    out = {}
-    for key, values in extras.items():
-        if values is None:
-            out[key] = None
-            continue
-        a = np.asarray(values, np.float64).reshape(-1, 3).copy()
-        vis = a[:, 2] > 0
-        a[vis, 0] = a[vis, 0] * sx + ox
-        a[vis, 1] = a[vis, 1] * sy + oy
-        out[key] = a.reshape(-1).tolist()
-    return out
-
-
 def _frame_from_dict(d, *, file, field, width=None, height=None, normalized=None, require_canvas=True) -> PoseFrame:
     """One POSE_KEYPOINT frame / OpenPose JSON dict -> PoseFrame (pixel coordinates)."""
     if not isinstance(d, dict):
@@ -234,7 +221,7 @@ def _frame_from_dict(d, *, file, field, width=None, height=None, normalized=None
         for kp in kps:
             kp[:, 0] *= width
             kp[:, 1] *= height
-        extras = [_scale_extras(e, width, height) for e in extras]
+        extras = [transform_extras(e, width, height) for e in extras]
     poses = [Pose(kp, width, height, layout, e) for kp, layout, e in zip(kps, layouts, extras)]
     return PoseFrame(poses, width, height)
 
@@ -283,11 +270,11 @@ def _person_dict(pose: Pose, w: int, h: int, *, normalized: bool, binary_confide
         vis = kp[:, 2] > 0
         kp[vis, 0] *= sx
         kp[vis, 1] *= sy
-        extras = _scale_extras(extras, sx, sy)
+        extras = transform_extras(extras, sx, sy)
     if normalized:
         kp[:, 0] /= w
         kp[:, 1] /= h
-        extras = _scale_extras(extras, 1.0 / w, 1.0 / h)
+        extras = transform_extras(extras, 1.0 / w, 1.0 / h)
     if binary_confidence:
         kp[:, 2] = (kp[:, 2] > 0).astype(np.float64)
     kp[kp[:, 2] <= 0] = 0.0

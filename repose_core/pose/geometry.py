@@ -32,7 +32,7 @@ def _scale_pair(scale):
     return float(sx), float(sy)
 
 
-def _transform_extras(extras: dict, sx, sy, ox, oy) -> dict:
+def transform_extras(extras: dict, sx: float, sy: float, ox: float = 0.0, oy: float = 0.0) -> dict:
     """Apply x -> sx * x + ox, y -> sy * y + oy to the confident points of pass-through arrays."""
     out = {}
     for key, values in extras.items():
@@ -66,7 +66,7 @@ def transform_pose(pose: Pose, scale, offset=(0.0, 0.0), new_w: int | None = Non
     if drop_outside:
         out = vis & ((kp[:, 0] < 0) | (kp[:, 1] < 0) | (kp[:, 0] > new_w) | (kp[:, 1] > new_h))
         kp[out] = 0.0
-    return Pose(kp, new_w, new_h, pose.layout, _transform_extras(pose.extras, sx, sy, ox, oy))
+    return Pose(kp, new_w, new_h, pose.layout, transform_extras(pose.extras, sx, sy, ox, oy))
 
 
 def resize_pose(pose: Pose, new_w: int, new_h: int) -> Pose:
@@ -88,7 +88,7 @@ def hflip_pose(pose: Pose) -> Pose:
     vis = kp[:, 2] > 0
     kp[vis, 0] = pose.width - kp[vis, 0]
     kp = kp[list(MIRROR[pose.layout])]
-    extras = _transform_extras(pose.extras, -1.0, 1.0, float(pose.width), 0.0)
+    extras = transform_extras(pose.extras, -1.0, 1.0, float(pose.width), 0.0)
     if "hand_left_keypoints_2d" in extras or "hand_right_keypoints_2d" in extras:
         extras["hand_left_keypoints_2d"], extras["hand_right_keypoints_2d"] = (
             extras.get("hand_right_keypoints_2d"), extras.get("hand_left_keypoints_2d"))
