@@ -72,7 +72,7 @@ _BUILDERS: dict[str, _Builder] = {}
 _KIND_MODULES: dict[str, tuple[str, ...]] = {
     "pidm": (".models.pidm",),
     "repose_dm": (".models.repose",),
-    "pose_estimator": (".estimator",),
+    "pose_estimator": (".estimator", ".estimator.small_hrnet"),
     "repose_sd_unet": (".models.repose_sd", ".models.sd_unet", ".models"),
 }
 

@@ -190,7 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retarget", action="store_true", help="refit the target skeleton to the source body")
     p.add_argument("--examples", default=None, help="bundled examples: all | none | 0,2 (default: all, or none "
                                                     "when --source is given)")
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    p.add_argument("--eta", type=float, default=1.0,
+                   help="DDIM η: 0 = deterministic DDIM, 1 = stochastic (default; clearly better for the small "
+                        "shipped models, see docs/ablation.md)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the model's, 2)")
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="pose gradient guidance step η (default: the model's)")
@@ -232,11 +235,10 @@ def run(args, parser) -> dict:
 
     sources = [it.source for it in items]
     targets = [it.target_pose for it in items]
+    # with --retarget the source poses come from the files when every item has one, else the estimator finds them
     src_poses = [it.source_pose for it in items] if all(it.source_pose is not None for it in items) else None
-    if args.retarget and src_poses is None and any(it.source_pose is not None for it in items):
-        src_poses = None  # mixed: estimate all (the estimator handles items without a pose file)
     guidance = True if args.guidance_scale is None else {"scale": args.guidance_scale}
-    kw = dict(steps=args.steps, cfg=args.cfg, seed=args.seed, retarget=args.retarget,
+    kw = dict(steps=args.steps, cfg=args.cfg, seed=args.seed, eta=args.eta, retarget=args.retarget,
               source_pose=src_poses if args.retarget else None)
     runs = (("b1", b1, None), ("full unguided", full, None), ("full guided", full, guidance))
     totals = [pipe.progress_total(args.steps) for _, pipe, _ in runs]
@@ -280,7 +282,8 @@ def run(args, parser) -> dict:
     summary = {
         "items": [it.name for it in items], "files": files, "notes": notes,
         "random_models": bool(notes),
-        "weights_dir": str(args.weights_dir), "steps": args.steps, "seed": args.seed, "retarget": args.retarget,
+        "weights_dir": str(args.weights_dir), "steps": args.steps, "eta": args.eta, "seed": args.seed,
+        "retarget": args.retarget,
         "cfg": full.model.config.cfg_scale if args.cfg is None else args.cfg,
         "guidance": guidance, "seconds": {k: round(v.seconds, 2) for k, v in results.items()},
         "guidance_energy_first_last": ([energy[0]["energy"], energy[-1]["energy"]] if energy else None),

@@ -211,3 +211,18 @@ def test_from_files_matches_the_in_memory_pipeline(tmp_path, pipes, examples, es
         PoseTransferPipeline.from_files(est_path)
     with pytest.raises(CheckpointError):
         load_estimator(model_path)
+
+
+def test_x0_clipping_is_on_for_pixel_codecs_and_can_be_switched_off(examples):
+    src, tgt, _ = examples["64x44"]
+    pipe = PoseTransferPipeline.tiny_random("b1", seed=3)
+    with torch.no_grad():  # an untrained-looking ε: x̂0 = (x_t - √(1-ᾱ) ε)/√ᾱ explodes at high noise
+        for p in pipe.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    auto = pipe.transfer(src, tgt, steps=STEPS, seed=1).canvas_images
+    on = pipe.transfer(src, tgt, steps=STEPS, seed=1, clip_x0=True).canvas_images
+    off = pipe.transfer(src, tgt, steps=STEPS, seed=1, clip_x0=False).canvas_images
+    assert np.array_equal(auto, on)
+    assert np.abs(on - off).mean() > 1e-3
+    saturated = lambda im: ((im < 0.01) | (im > 0.99)).mean()  # noqa: E731
+    assert saturated(on) < saturated(off)
