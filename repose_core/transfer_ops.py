@@ -7,7 +7,6 @@ separately because a node graph runs them in separate nodes (RPA preview, then s
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable, Sequence
 
@@ -55,20 +54,13 @@ def pair_batches(source: Tensor, pose: Tensor, names: tuple[str, str] = ("source
                      f"or one of them a single item that is used for all")
 
 
-@contextlib.contextmanager
-def rpa_iterations(model: RePoseDM, iterations: int | None):
-    """Temporarily run the model's RPA with `iterations` recurrent steps (None or 0 = the trained default)."""
-    if model.rpa is None or not iterations:
-        yield
-        return
+def _checked_iterations(iterations: int | None) -> int | None:
+    """None or 0 = the model's trained N; otherwise an integer >= 1."""
+    if not iterations:
+        return None
     if int(iterations) != iterations or iterations < 1:
         raise InputError(f"RPA iterations must be an integer >= 1 (0 = the model's default), got {iterations!r}")
-    original = model.rpa.cfg
-    model.rpa.cfg = dataclasses.replace(original, iterations=int(iterations))
-    try:
-        yield
-    finally:
-        model.rpa.cfg = original
+    return int(iterations)
 
 
 @dataclasses.dataclass
@@ -90,8 +82,8 @@ def align(model: RePoseDM, source: Tensor, pose: Tensor, iterations: int | None 
     with decoded previews. Sizes must already be paired (see `pair_batches`)."""
     source_z = model.encode_source(source)
     pose_map = model.encode_pose(pose.to(source.dtype), size=tuple(source_z.shape[-2:]))
-    with rpa_iterations(model, iterations):
-        cond = model.prepare(source_z, pose_map, progress=progress, decode_previews=model.rpa is not None)
+    cond = model.prepare(source_z, pose_map, progress=progress, decode_previews=model.rpa is not None,
+                         iterations=_checked_iterations(iterations))
     null = model.null_cond(cond)
     return Alignment(cond=AppearanceCond(features=cond.features), null_cond=AppearanceCond(features=null.features),
                      pose_map=pose_map, source_z=source_z, previews=list(cond.previews), flow=cond.flow)

@@ -169,17 +169,18 @@ class RePoseDM(nn.Module):
     # -- PoseTransferModel ---------------------------------------------------------------------------------------
 
     def prepare(self, source: Tensor, pose_map: Tensor, progress: Callable[[int, int], None] | None = None,
-                decode_previews: bool = False) -> AppearanceCond:
+                decode_previews: bool = False, iterations: int | None = None) -> AppearanceCond:
         """Appearance condition for (source, pose): texture features, and for b2/full the RPA flow and warps.
 
         source (B, C, h, w) in diffusion space; pose_map (B, P, h, w) in diffusion space.
         progress(i, n) is called after each RPA iteration. decode_previews: decode each iteration's warped source
-        with the codec into `cond.previews` (the paper's Fig. 9 view)."""
+        with the codec into `cond.previews` (the paper's Fig. 9 view). iterations: RPA's N for this call (None = the
+        configured N)."""
         self._check_pair(source, pose_map, "prepare")
         if self.rpa is None:  # b1: PIDM
             return AppearanceCond(features=self.net.encode(self._pad(source)))
 
-        rpa: RPAOutput = self.rpa(source, pose_map, progress=progress)
+        rpa: RPAOutput = self.rpa(source, pose_map, iterations=iterations, progress=progress)
         if self.rpa.cfg.warp_space == "image":  # eq. 9: encoder of the warped source
             features = self.net.encode(self._pad(rpa.warped[-1]))
         else:  # warp every encoder level of the unwarped source with the flow resized to it
