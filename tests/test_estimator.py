@@ -13,23 +13,28 @@ from repose_core.errors import CheckpointError, InputError
 from repose_core.estimator import (HigherHRNet, HigherHRNetConfig, build_estimator, estimate_poses, infer_config,
                                    save_estimator, to_mmpose_layout, to_original_layout)
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-WEIGHTS = FIXTURES / "higherhrnet_w32_mmpose.safetensors"
+from conftest import FIXTURES, require_w32_fixture  # noqa: E402
+
+W8_WEIGHTS = FIXTURES / "higherhrnet_w8_mmpose.safetensors"   # in the repository: every clone runs these
 KEYS = FIXTURES / "higherhrnet_keys.json"
 
 
-def _require_fixtures():
-    missing = [p for p in (WEIGHTS, KEYS) if not p.is_file()]
-    if missing:
-        pytest.fail(f"reference fixtures missing: {', '.join(map(str, missing))} "
-                    f"(expected the shared fixtures directory at {FIXTURES})")
+@pytest.fixture(scope="module", params=[8, 32], ids=["w8", "w32"])
+def width(request):
+    """Every reference test runs on the W8 fixture (tests/data) and, where ../shared exists (always in CI), W32."""
+    if request.param == 32:
+        require_w32_fixture()
+    return request.param
+
+
+def _weights(width):
+    return W8_WEIGHTS if width == 8 else require_w32_fixture()
 
 
 @pytest.fixture(scope="module")
-def ref():
+def ref(width):
     """All fixture tensors (weights under 'state_dict.<mmpose key>')."""
-    _require_fixtures()
-    return load_file(str(WEIGHTS))
+    return load_file(str(_weights(width)))
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +43,9 @@ def mmpose_sd(ref):
 
 
 @pytest.fixture(scope="module")
-def model(mmpose_sd):
-    """The W32 reference network, built and loaded by hand (fp16 -> float32), once per module."""
-    m = HigherHRNet(HigherHRNetConfig(width=32))
+def model(mmpose_sd, width):
+    """The reference network, built and loaded by hand (fp16 -> float32), once per module and width."""
+    m = HigherHRNet(HigherHRNetConfig(width=width))
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in to_original_layout(mmpose_sd).items()}
     m.load_state_dict(sd, strict=True)
     return m
@@ -91,9 +96,9 @@ def test_high_level_api_normalises_and_aggregates(model, ref):
     torch.testing.assert_close(hm, expected, atol=1e-3, rtol=0)
 
 
-def test_build_estimator_reads_fixture_file_directly(small_img, small_ref):
-    est = build_estimator(WEIGHTS)  # 'state_dict.'-prefixed mmpose keys next to other tensors
-    assert est.config == HigherHRNetConfig(width=32, input_size=512, udp=False)
+def test_build_estimator_reads_fixture_file_directly(small_img, small_ref, width):
+    est = build_estimator(_weights(width))  # 'state_dict.'-prefixed mmpose keys next to other tensors; width inferred
+    assert est.config == HigherHRNetConfig(width=width, input_size=512, udp=False)
     _check_same(est, small_img, small_ref)
 
 
@@ -104,12 +109,11 @@ def _layout(width):
     return m.state_dict()
 
 
-@pytest.mark.parametrize("name,width,mmpose", [("mmpose_w32_512", 32, True), ("mmpose_w48", 48, True),
+@pytest.mark.parametrize("name,layout_width,mmpose", [("mmpose_w32_512", 32, True), ("mmpose_w48", 48, True),
                                                ("original_w32_512", 32, False), ("original_w48_640", 48, False)])
-def test_state_dict_layout_matches_reference(name, width, mmpose):
-    _require_fixtures()
+def test_state_dict_layout_matches_reference(name, layout_width, mmpose):
     want = json.loads(KEYS.read_text())["layouts"][name]
-    sd = _layout(width)
+    sd = _layout(layout_width)
     if mmpose:
         sd = to_mmpose_layout(sd)
     assert [[k, list(v.shape)] for k, v in sd.items()] == want["keys"]
@@ -137,11 +141,11 @@ def test_estimator_stays_frozen_in_eval(model, small_img, small_ref):
 
 
 # --- sizes and bad input -----------------------------------------------------------------------------------------
-def test_pads_odd_sizes_and_crops_back(model):
+def test_pads_odd_sizes_and_crops_back(model, width):
     img = torch.rand(2, 3, 70, 45, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         feat, hm = model.features_and_heatmaps(img)
-        assert feat.shape == (2, 32, 18, 12) and hm.shape == (2, 17, 35, 23)
+        assert feat.shape == (2, width, 18, 12) and hm.shape == (2, 17, 35, 23)
         # identical to running the network on the mean-padded input and cropping
         x = F.pad(model.normalise(img), (0, 64 - 45, 0, 96 - 70))
         f_full, outs = model.forward_raw(x)
@@ -165,7 +169,9 @@ def test_bad_images_rejected(model, bad, match):
 
 def test_config_rejects_bad_values():
     with pytest.raises(InputError, match="width"):
-        HigherHRNetConfig(width=40)
+        HigherHRNetConfig(width=0)
+    with pytest.raises(InputError, match="width"):
+        HigherHRNetConfig(width=4096)   # would allocate tens of GB: refused before building
     with pytest.raises(InputError, match="multiple of 32"):
         HigherHRNetConfig(input_size=500)
 
@@ -176,7 +182,7 @@ def _fp16(sd):
 
 
 def _check_same(est, small_img, small_ref):
-    assert isinstance(est, HigherHRNet) and est.config.width == 32
+    assert isinstance(est, HigherHRNet)
     with torch.no_grad():
         feat, hm = est.features_and_heatmaps(small_img)
     assert torch.equal(feat, small_ref[0]) and torch.equal(hm, small_ref[1])
@@ -216,7 +222,7 @@ def test_in_memory_state_dict_and_udp_metadata_roundtrip(mmpose_sd, small_img, s
     udp = build_estimator(dict(mmpose_sd), udp=True, input_size=640)
     save_estimator(tmp_path / "udp.safetensors", udp)
     again = build_estimator(tmp_path / "udp.safetensors")
-    assert again.config == HigherHRNetConfig(width=32, input_size=640, udp=True)
+    assert again.config == HigherHRNetConfig(width=est.config.width, input_size=640, udp=True)
     # our files are also ordinary RePose model files
     from repose_core.checkpoint import load_model
 

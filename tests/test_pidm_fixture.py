@@ -1,7 +1,7 @@
 """PIDMNet against the reference PIDM fixture (outputs of ankanbhunia/PIDM's own code on fp16-rounded weights).
 
-The fixture folder is ../shared/fixtures beside the checkout; the `shared_fixtures` fixture fails (never skips)
-with a clear message when it is absent.
+The fixture is kept in the repository (tests/data/fixtures, a copy of ../shared/fixtures/pidm_small.*); the
+`shared_fixtures` fixture fails (never skips) with a clear message when it is absent.
 """
 import json
 

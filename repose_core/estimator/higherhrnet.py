@@ -28,11 +28,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 SIZE_MULTIPLE = 32
 
 
+MAX_WIDTH = 256  # channels of the highest-resolution branch; W48 is the largest released model
+
+
 @dataclass(frozen=True)
 class HigherHRNetConfig:
     """What identifies a HigherHRNet checkpoint.
 
-    width: HRNet width (32 or 48) = channels of the highest-resolution branch.
+    width: HRNet width (released: 32 or 48; any width builds, e.g. the W8 test fixture) = channels of the highest-resolution branch.
     input_size: training resolution (512 or 640); the network accepts any multiple of 32, this is the short-side
         size ``estimate_poses`` resizes images to.
     udp: trained with Unbiased Data Processing (Huang et al., CVPR 2020). Same network; decoding and the
@@ -46,8 +49,9 @@ class HigherHRNetConfig:
     tag_per_joint: bool = True
 
     def __post_init__(self):
-        if self.width not in (32, 48):
-            raise InputError(f"HigherHRNetConfig.width={self.width!r} is not supported; use 32 or 48")
+        if not isinstance(self.width, int) or not 1 <= self.width <= MAX_WIDTH:
+            raise InputError(f"HigherHRNetConfig.width={self.width!r} must be an integer in 1..{MAX_WIDTH} "
+                             f"(released models: 32, 48)")
         if self.num_joints < 1:
             raise InputError(f"HigherHRNetConfig.num_joints={self.num_joints!r} must be >= 1")
         if self.input_size <= 0 or self.input_size % SIZE_MULTIPLE:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError
-from .higherhrnet import HigherHRNet, HigherHRNetConfig
+from .higherhrnet import MAX_WIDTH, HigherHRNet, HigherHRNetConfig
 
 log = logging.getLogger("repose")
 
@@ -167,8 +167,9 @@ def infer_config(sd: Mapping[str, Tensor], info: Mapping | None = None, *, udp: 
     if out0 not in (2 * num_joints, num_joints + 1):
         raise CheckpointError(f"{source}: final_layers.0 has {out0} output channels; expected {2 * num_joints} "
                               f"(heatmaps + per-joint tags) or {num_joints + 1} for {num_joints} joints")
-    if width not in (32, 48):
-        raise CheckpointError(f"{source}: HRNet width {width} (transition1.0.0.weight) is not supported; 32 or 48")
+    if not 1 <= width <= MAX_WIDTH:
+        raise CheckpointError(f"{source}: HRNet width {width} (transition1.0.0.weight) is out of range 1..{MAX_WIDTH}; "
+                              f"this is not a HigherHRNet checkpoint")
 
     meta_cfg = info.get("config") or {}
     text = info.get("meta_config", "")
