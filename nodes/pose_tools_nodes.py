@@ -85,9 +85,18 @@ class RePoseLoadPoseEstimator:
         return (load_estimator(ckpt_name, dtype),)
 
 
+CONFIDENCE_MODES = ("binary", "estimator")
+
+
 def estimate_pose_keypoint(estimator: LoadedEstimator, image: torch.Tensor, threshold: float = 0.1,
-                           multi_person: bool = False, allow_empty: bool = False) -> list:
-    """IMAGE (B,H,W,C) -> POSE_KEYPOINT (one frame per image, OpenPose-18 in pixels of the image)."""
+                           multi_person: bool = False, allow_empty: bool = False,
+                           confidence: str = "binary") -> list:
+    """IMAGE (B,H,W,C) -> POSE_KEYPOINT (one frame per image, OpenPose-18 in pixels of the image).
+
+    confidence "binary" writes 1.0 for every detected joint (what comfyui_controlnet_aux's decoder and renderers
+    read: they drop joints with confidence < 1), "estimator" keeps the heatmap peaks."""
+    if confidence not in CONFIDENCE_MODES:
+        raise InputError(f"input 'confidence' is {confidence!r}; accepted: {', '.join(CONFIDENCE_MODES)}")
     from ..repose_core.estimator import estimate_poses
 
     img01 = (comfy_image_to_core(image, "image") + 1.0) / 2.0  # (B,3,H,W) in [0,1]
@@ -101,7 +110,7 @@ def estimate_pose_keypoint(estimator: LoadedEstimator, image: torch.Tensor, thre
                 raise EmptyPoseError(f"no person found in image {i} of input 'image' (threshold {threshold}); "
                                      f"use a photo with a clearly visible person, lower 'threshold', or enable "
                                      f"'allow_empty'")
-    return to_pose_keypoint(frames)
+    return to_pose_keypoint(frames, binary_confidence=confidence == "binary")
 
 
 class RePosePoseFromImage:
@@ -132,11 +141,16 @@ class RePosePoseFromImage:
                 "default": False,
                 "tooltip": "Output an empty frame instead of an error when no person is found.",
             }),
+            "confidence": (list(CONFIDENCE_MODES), {
+                "default": "binary",
+                "tooltip": "binary: 1.0 for every detected joint, as DWPose/OpenPose write it (comfyui_controlnet_aux "
+                           "nodes drop joints below 1.0). estimator: keep the estimator's peak values.",
+            }),
         }}
 
     @reports_user_errors
-    def estimate(self, image, pose_estimator, threshold, multi_person, allow_empty=False):
-        return (estimate_pose_keypoint(pose_estimator, image, threshold, multi_person, allow_empty),)
+    def estimate(self, image, pose_estimator, threshold, multi_person, allow_empty=False, confidence="binary"):
+        return (estimate_pose_keypoint(pose_estimator, image, threshold, multi_person, allow_empty, confidence),)
 
 
 def retarget_pose_keypoint(target_pose, source_pose, anchor: str = "target") -> list:

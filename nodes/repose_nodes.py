@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..repose_core.errors import InputError
+from ..repose_core.errors import CheckpointError, InputError
 from .model_files import DTYPES, check_kind, list_models, resolve_dtype, resolve_model
 from .utils import comfy_image_to_core, comfy_progress, core_to_comfy_image, reports_user_errors
 
@@ -72,7 +72,21 @@ def load_repose_model(ckpt_name: str, dtype: str = "auto") -> LoadedRePose:
     kind = check_kind(path, ("repose_dm", "pidm"), "RePose Load Model")
     torch_dtype = resolve_dtype(dtype, mm.get_torch_device())
     with torch.inference_mode(False):  # normal tensors: ComfyUI calls nodes inside inference_mode
-        model = as_repose_model(load_model(path, device="cpu")).to(dtype=torch_dtype).eval()
+        if path.lower().endswith(".safetensors"):
+            core = load_model(path, device="cpu")
+        else:  # PIDM's last.pt (or a bare PIDM state dict), converted on load; the pickle runs no code
+            from ..repose_core.models.pidm import read_pidm_checkpoint
+
+            try:
+                core, config_name = read_pidm_checkpoint(path, entry=None)
+            except CheckpointError as e:
+                raise CheckpointError(f"{e}\n  RePose Load Model reads a .pt/.pth/.ckpt file only if it is a PIDM "
+                                      f"checkpoint (PIDM's last.pt or its 'ema' state dict); RePose models are "
+                                      f".safetensors files") from e
+            kind = "pidm"
+            log.info("RePose: %s read as a PIDM checkpoint (config %s); convert it once with train/convert_pidm.py "
+                     "to load it faster", ckpt_name, config_name)
+        model = as_repose_model(core).to(dtype=torch_dtype).eval()
     diffusion = GaussianDiffusion(linear_betas(model.config.timesteps))
     holder = RePoseComfyModel(model, diffusion, model.config.codec)
     log.info("RePose: loaded %s (%s, variant %s, codec %s, %s)", ckpt_name, kind, model.variant, model.config.codec,
@@ -82,7 +96,8 @@ def load_repose_model(ckpt_name: str, dtype: str = "auto") -> LoadedRePose:
 
 class LoadRePoseModel:
     DESCRIPTION = ("Loads a RePoseDM pose-transfer model (variants full / b2 = with Recurrent Pose Alignment, b1 = "
-                   "PIDM) or a PIDM checkpoint converted with train/convert_pidm.py, from models/repose or the "
+                   "PIDM), a PIDM checkpoint converted with train/convert_pidm.py, or PIDM's own last.pt (.pt/.pth/"
+                   ".ckpt, read without running pickled code and converted on load), from models/repose or the "
                    "weights bundled with the pack. ComfyUI manages its memory (loaded to the GPU when sampling).")
     CATEGORY = CATEGORY
     FUNCTION = "load"
@@ -94,8 +109,8 @@ class LoadRePoseModel:
     def INPUT_TYPES(cls):
         return {"required": {
             "ckpt_name": (list_models("repose", DEFAULT_MODEL), {
-                "tooltip": "Model file in models/repose (RePoseDM or converted PIDM .safetensors); "
-                           "repose_default_full ships with the pack.",
+                "tooltip": "Model file in models/repose (RePoseDM or converted PIDM .safetensors, or PIDM's "
+                           "last.pt); repose_default_full ships with the pack.",
             }),
             "dtype": (list(DTYPES), {
                 "default": "auto",
@@ -122,14 +137,19 @@ class RePoseCond:
     model_name: str
 
 
-def _target_frames(target_pose, target_pose_image, encoding: str, height: int, width: int):
-    """-> pixel-resolution pose tensor (B, P, H, W) in [0, 1] from POSE_KEYPOINT or a skeleton IMAGE."""
+def _target_frames(target_pose, target_pose_image, encoding: str, height: int, width: int, person: int = -1):
+    """-> pixel-resolution pose tensor (B, P, H, W) in [0, 1] from POSE_KEYPOINT or a skeleton IMAGE. For
+    POSE_KEYPOINT, which person was used and how the pose canvas was fitted to the image is logged."""
     from ..repose_core.pose import from_pose_keypoint
     from ..repose_core.transfer_ops import render_target_poses
 
     if target_pose is not None:
         frames = from_pose_keypoint(target_pose, source="input 'target_pose'")
-        return render_target_poses(frames, height, width, encoding)
+        report: list = []
+        maps = render_target_poses(frames, height, width, encoding, person=person, report=report)
+        for line in report:
+            log.info("RePose Recurrent Pose Align: %s", line)
+        return maps
     if target_pose_image is None:
         raise InputError("connect a target pose: 'target_pose' (POSE_KEYPOINT) or 'target_pose_image' (a skeleton "
                          "IMAGE)")
@@ -144,7 +164,7 @@ def _target_frames(target_pose, target_pose_image, encoding: str, height: int, w
 
 
 def recurrent_pose_align(repose_model: LoadedRePose, source, target_pose=None, target_pose_image=None,
-                         iterations: int = 0, vae=None):
+                         iterations: int = 0, vae=None, person: int = -1):
     """-> (REPOSE_COND, warped IMAGE batch (iterations x batch), flow IMAGE)."""
     import torch.nn.functional as F
 
@@ -165,7 +185,7 @@ def recurrent_pose_align(repose_model: LoadedRePose, source, target_pose=None, t
     if (H, W) != tuple(config.image_size):
         log.warning("RePose: source is %dx%d, the model was trained at %dx%d (H x W); results may degrade",
                     H, W, *config.image_size)
-    pose = _target_frames(target_pose, target_pose_image, config.pose_encoding, H, W)
+    pose = _target_frames(target_pose, target_pose_image, config.pose_encoding, H, W, person)
     src, pose = pair_batches(src, pose, ("input 'source'", "the target pose"))
     n_iter = iterations or (config.rpa.iterations if config.rpa is not None else 0)
     progress = comfy_progress(max(n_iter, 1))
@@ -210,11 +230,16 @@ class RecurrentPoseAlign:
             "target_pose": ("POSE_KEYPOINT", {"tooltip": "Target pose (RePose Load Pose, Pose From Image, DWPose)."}),
             "target_pose_image": ("IMAGE", {"tooltip": "Or a skeleton image (models with skeleton pose encoding)."}),
             "vae": ("VAE", {"tooltip": "The SD VAE, for models that work in its latent space."}),
+            "person": ("INT", {"default": -1, "min": -1, "max": 255,
+                               "tooltip": "Which person of 'target_pose' to use: -1 = the one with the most confident "
+                                          "body joints (DWPose may list a face-only person first), 0, 1, ... = by "
+                                          "index. The choice and how the pose canvas was fitted to the source "
+                                          "(aspect ratio kept, centred) are written to the log."}),
         }}
 
     @reports_user_errors
-    def align(self, repose_model, source, iterations, target_pose=None, target_pose_image=None, vae=None):
-        return recurrent_pose_align(repose_model, source, target_pose, target_pose_image, iterations, vae)
+    def align(self, repose_model, source, iterations, target_pose=None, target_pose_image=None, vae=None, person=-1):
+        return recurrent_pose_align(repose_model, source, target_pose, target_pose_image, iterations, vae, person)
 
 
 # --------------------------------------------------------------------------------------------------------------------

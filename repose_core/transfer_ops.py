@@ -16,24 +16,50 @@ from torch import Tensor
 
 from .errors import EmptyPoseError, InputError
 from .models.repose import AppearanceCond, RePoseDM
-from .pose import PoseFrame, render_openpose, render_pidm_pose_map
+from .pose import PoseFrame, check_pose_plausible, render_openpose, render_pidm_pose_map
+from .pose.geometry import fit_frame, select_person
 
 
-def render_target_poses(frames: Sequence[PoseFrame], height: int, width: int, encoding: str) -> Tensor:
-    """Target poses -> (B, P, H, W) float32 in [0, 1] at pixel resolution, as `RePoseDM.encode_pose` takes them.
+def place_target_poses(frames: Sequence[PoseFrame], height: int, width: int, person: int = -1):
+    """Pick the target person of each frame and place its pose on the height x width source image.
 
-    encoding "pidm20": PIDM's 20-channel map of the first person of each frame; "skeleton_codec": the OpenPose RGB
-    skeleton of all people. Each frame's canvas is stretched to width x height. A frame without a person raises
-    EmptyPoseError naming it (a pose transfer needs a target body)."""
-    if encoding not in ("pidm20", "skeleton_codec"):
-        raise InputError(f"unknown pose encoding {encoding!r}; accepted: pidm20, skeleton_codec")
+    The person: `person` >= 0 by index, -1 the most confident body (`select_person`; DWPose may list a face-only
+    person first). The canvas: fitted like an image (`fit_frame`: same aspect ratio rescaled, another aspect ratio
+    scaled to fit and centred, never stretched). Returns (frames holding one person each, one report line per frame).
+    A frame without any body joint raises EmptyPoseError naming it (a pose transfer needs a target body)."""
     if not frames:
         raise InputError("the target pose holds no frame; connect a pose with at least one person")
-    maps = []
+    placed, report = [], []
     for i, frame in enumerate(frames):
         if not frame.people or all(p.is_empty() for p in frame.people):
-            raise EmptyPoseError(f"frame {i} of the target pose has no person (no keypoint with confidence > 0); "
-                                 f"a pose transfer needs the target body's joints")
+            raise EmptyPoseError(f"frame {i} of the target pose has no person with body joints (no keypoint with "
+                                 f"confidence > 0); a pose transfer needs the target body's joints")
+        index, why = select_person(frame, person)
+        if frame.people[index].is_empty():
+            raise EmptyPoseError(f"frame {i} of the target pose: person {index} has no body joints (face or hands "
+                                 f"only); choose another person or -1 for the most confident body")
+        check_pose_plausible(frame.people[index], name=f"target pose frame {i}, person {index}")  # units mix-ups
+        one = PoseFrame([frame.people[index]], frame.width, frame.height)
+        one, fit = fit_frame(one, width, height)
+        placed.append(one)
+        report.append(f"target pose frame {i}: {why}; {fit}")
+    return placed, report
+
+
+def render_target_poses(frames: Sequence[PoseFrame], height: int, width: int, encoding: str, person: int = -1,
+                        report: list | None = None) -> Tensor:
+    """Target poses -> (B, P, H, W) float32 in [0, 1] at pixel resolution, as `RePoseDM.encode_pose` takes them.
+
+    One person per frame and its placement on the image come from `place_target_poses` (its report lines are
+    appended to `report` when given). encoding "pidm20": PIDM's 20-channel map; "skeleton_codec": the OpenPose RGB
+    skeleton."""
+    if encoding not in ("pidm20", "skeleton_codec"):
+        raise InputError(f"unknown pose encoding {encoding!r}; accepted: pidm20, skeleton_codec")
+    placed, lines = place_target_poses(frames, height, width, person)
+    if report is not None:
+        report.extend(lines)
+    maps = []
+    for frame in placed:
         if encoding == "pidm20":
             maps.append(render_pidm_pose_map(frame.people[0], height, width))
         else:
@@ -85,5 +111,5 @@ def align(model: RePoseDM, source: Tensor, pose: Tensor, iterations: int | None 
     cond = model.prepare(source_z, pose_map, progress=progress, decode_previews=model.rpa is not None,
                          iterations=_checked_iterations(iterations))
     null = model.null_cond(cond)
-    return Alignment(cond=AppearanceCond(features=cond.features), null_cond=AppearanceCond(features=null.features),
+    return Alignment(cond=cond.features_only(), null_cond=null.features_only(),
                      pose_map=pose_map, source_z=source_z, previews=list(cond.previews), flow=cond.flow)

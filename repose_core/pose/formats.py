@@ -144,7 +144,11 @@ def _extras_from_person(person: dict, *, file, field) -> dict:
         if len(values) % 3:
             raise PoseFormatError(f"{len(values)} numbers is not a whole number of (x, y, c) triplets",
                                   file=file, field=f"{field}.{key}")
-        extras[key] = values
+        # comfyui_controlnet_aux writes a hand/face point its detector missed as (-1, -1) (divided by the image size
+        # when normalised) with confidence 1.0: a point at negative coordinates is missing, not a point to draw.
+        a = np.asarray(values, np.float64).reshape(-1, 3)
+        a[(a[:, 0] < 0) | (a[:, 1] < 0)] = 0.0
+        extras[key] = a.reshape(-1).tolist()
     return extras
 
 
@@ -169,8 +173,34 @@ def _looks_normalized(people_kps: list, people_extras: list) -> bool:
     return found
 
 
-def _frame_from_dict(d, *, file, field, width=None, height=None, normalized=None, require_canvas=True) -> PoseFrame:
-    """One POSE_KEYPOINT frame / OpenPose JSON dict -> PoseFrame (pixel coordinates)."""
+# Written by `to_pose_keypoint(normalized=True)`: the coordinates were divided by the canvas itself.
+NORMALIZED_BY_KEY = "normalized_by"
+
+
+def _ceil64(n: int) -> int:
+    return -(-int(n) // 64) * 64
+
+
+def controlnet_aux_padded_canvas(width: int, height: int) -> tuple[int, int] | None:
+    """The canvas comfyui_controlnet_aux's OpenPose preprocessor really normalised by, when (width, height) fits its
+    known padding pattern; else None.
+
+    That preprocessor resizes the image so its shorter side is `detect_resolution` (a multiple of 64), pads the
+    bottom and right edges to multiples of 64, divides the detected points by the *padded* size, but writes the
+    *unpadded* size as canvas_width / canvas_height. So a normalised frame whose shorter side is a multiple of 64 and
+    whose longer side is not was normalised by (ceil64(width), ceil64(height)); multiplying by the written canvas
+    instead puts every point too high (or too far left) by the factor canvas / padded canvas."""
+    if width <= 0 or height <= 0 or min(width, height) % 64 or (width % 64 == 0 and height % 64 == 0):
+        return None
+    return _ceil64(width), _ceil64(height)
+
+
+def _frame_from_dict(d, *, file, field, width=None, height=None, normalized=None, require_canvas=True,
+                     pad64=None) -> PoseFrame:
+    """One POSE_KEYPOINT frame / OpenPose JSON dict -> PoseFrame (pixel coordinates).
+
+    pad64 (normalised frames only): None = undo comfyui_controlnet_aux's OpenPose padding quirk when the canvas fits
+    its pattern (`controlnet_aux_padded_canvas`), True = always apply it (if the canvas fits), False = never."""
     if not isinstance(d, dict):
         raise PoseFormatError(f"expected a JSON object with a 'people' list, got {type(d).__name__}",
                               file=file, field=field)
@@ -218,10 +248,19 @@ def _frame_from_dict(d, *, file, field, width=None, height=None, normalized=None
     if normalized is None:
         normalized = _looks_normalized(kps, extras)
     if normalized:
+        sx, sy = width, height
+        padded = None
+        if pad64 is not False and d.get(NORMALIZED_BY_KEY) != "canvas":
+            padded = controlnet_aux_padded_canvas(width, height)
+        if padded is not None:
+            sx, sy = padded
+            log.info("%s %s: normalised pose on a %dx%d canvas: comfyui_controlnet_aux's OpenPose preprocessor "
+                     "normalised it by the padded %dx%d image; coordinates scaled by that size", file, field,
+                     width, height, sx, sy)
         for kp in kps:
-            kp[:, 0] *= width
-            kp[:, 1] *= height
-        extras = [transform_extras(e, width, height) for e in extras]
+            kp[:, 0] *= sx
+            kp[:, 1] *= sy
+        extras = [transform_extras(e, sx, sy) for e in extras]
     poses = [Pose(kp, width, height, layout, e) for kp, layout, e in zip(kps, layouts, extras)]
     return PoseFrame(poses, width, height)
 
@@ -289,20 +328,24 @@ def _person_dict(pose: Pose, w: int, h: int, *, normalized: bool, binary_confide
 # ComfyUI POSE_KEYPOINT
 
 
-def from_pose_keypoint(obj, normalized: bool | None = None, *, source: str = "POSE_KEYPOINT") -> list:
+def from_pose_keypoint(obj, normalized: bool | None = None, *, source: str = "POSE_KEYPOINT",
+                       pad64: bool | None = None) -> list:
     """ComfyUI POSE_KEYPOINT -> list[PoseFrame] in pixel coordinates.
 
     `obj`: the list of frame dicts (a single frame dict or a JSON string is accepted too).
     `normalized`: None detects per frame (all confident points within [0, 1] -> normalised, as written by the
     OpenPose preprocessor; otherwise pixels, as written by DWPose); True/False forces it.
-    BODY-25 people are converted to 18 joints; face/hand arrays are kept in `Pose.extras` (scaled to pixels)."""
+    BODY-25 people are converted to 18 joints; face/hand arrays are kept in `Pose.extras` (scaled to pixels); a
+    face/hand point at negative coordinates (controlnet_aux's "not detected") becomes missing.
+    `pad64`: how normalised frames from comfyui_controlnet_aux's OpenPose preprocessor are read, see
+    `_frame_from_dict` (None = detect its padding pattern and undo it)."""
     if isinstance(obj, (str, bytes)):
         obj = _parse_json(obj.decode("utf-8") if isinstance(obj, bytes) else obj, source)
     if isinstance(obj, dict):
         obj = [obj]
     if not isinstance(obj, list):
         raise PoseFormatError(f"POSE_KEYPOINT must be a list of frames, got {type(obj).__name__}", file=source)
-    return [_frame_from_dict(frame, file=source, field=f"frames[{i}]", normalized=normalized)
+    return [_frame_from_dict(frame, file=source, field=f"frames[{i}]", normalized=normalized, pad64=pad64)
             for i, frame in enumerate(obj)]
 
 
@@ -319,7 +362,10 @@ def to_pose_keypoint(frames, normalized: bool = False, *, binary_confidence: boo
         people = [_person_dict(p, w, h, normalized=normalized, binary_confidence=binary_confidence,
                                name=f"frames[{i}].people[{j}]", empty_extra=None)
                   for j, p in enumerate(frame.people)]
-        out.append({"people": people, "canvas_height": h, "canvas_width": w})
+        entry = {"people": people, "canvas_height": h, "canvas_width": w}
+        if normalized:  # so that our own normalised frames are never taken for controlnet_aux's padded ones
+            entry[NORMALIZED_BY_KEY] = "canvas"
+        out.append(entry)
     return out
 
 

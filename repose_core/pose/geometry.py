@@ -278,3 +278,61 @@ def retarget_pose(target: Pose, source: Pose, *, anchor: str = "target") -> Pose
 
     result = Pose(out, src.width, src.height, "openpose18")
     return openpose18_to_coco17(result) if target.layout == "coco17" else result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Choosing the target person and placing a pose on an image (pose interop with DWPose / OpenPose outputs)
+
+
+def body_score(pose: Pose) -> tuple[int, float]:
+    """(number of present body joints, sum of their confidences): how much of a body a person entry holds.
+    DWPose lists face-only / hand-only people with an all-missing body; they score (0, 0)."""
+    validate_pose(pose)
+    c = pose.keypoints[:, 2]
+    return int((c > 0).sum()), float(c[c > 0].sum())
+
+
+def select_person(frame: PoseFrame, person: int = -1) -> tuple[int, str]:
+    """Index of the person to use from `frame` and a sentence saying why.
+
+    person = -1 (auto): the person with the most confident body joints (most present joints, then the larger
+    confidence sum, then the lower index); person >= 0: that index (InputError when the frame has fewer people)."""
+    people = list(frame.people)
+    if not people:
+        raise InputError("the pose frame has no person")
+    scores = [body_score(p) for p in people]
+    if person is None or person < 0:
+        best = max(range(len(people)), key=lambda i: (scores[i][0], scores[i][1], -i))
+        why = (f"person {best} of {len(people)}: the most confident body ({scores[best][0]} of "
+               f"{people[best].num_joints} joints, confidence sum {scores[best][1]:.2f})")
+        if len(people) > 1:
+            others = ", ".join(f"person {i}: {n} joints" for i, (n, _) in enumerate(scores) if i != best)
+            why += f"; {others}"
+        return best, why
+    if int(person) != person or person >= len(people):
+        raise InputError(f"input 'person' is {person} but the pose has {len(people)} people (0 to "
+                         f"{len(people) - 1}; -1 = the most confident body)")
+    person = int(person)
+    return person, f"person {person} of {len(people)} (chosen by index; {scores[person][0]} body joints)"
+
+
+def fit_frame(frame: PoseFrame, W_out: int, H_out: int, mode: str = "pad") -> tuple[PoseFrame, str]:
+    """Move a pose frame from its canvas onto a W_out x H_out image with the rule used for images (`fit_params`:
+    "pad" keeps the aspect ratio, scales to fit inside and centres). Returns (frame, a sentence describing the fit).
+    Same canvas: unchanged; same aspect ratio: a plain rescale."""
+    W, H = int(frame.width), int(frame.height)
+    if (W, H) == (W_out, H_out):
+        return frame, f"pose canvas {W}x{H} = image size"
+    if W <= 0 or H <= 0:
+        raise InputError(f"the pose frame has no canvas size ({W}x{H}); it cannot be placed on a {W_out}x{H_out} "
+                         f"image")
+    new_h, new_w, sx, sy, ox, oy = fit_params(H, W, H_out, W_out, mode)
+    if abs((W / H) / (W_out / H_out) - 1) <= 0.02:   # same aspect ratio: rescale to the whole image
+        sx, sy, ox, oy = W_out / W, H_out / H, 0, 0
+        text = f"pose canvas {W}x{H} rescaled to the {W_out}x{H_out} image (x{sx:.3f})"
+    else:
+        text = (f"pose canvas {W}x{H} fitted into the {W_out}x{H_out} image keeping its aspect ratio "
+                f"(x{sx:.3f}, offset {ox}, {oy}; {mode})")
+    people = [transform_pose(p if (p.width, p.height) == (W, H) else resize_pose(p, W, H), (sx, sy), (ox, oy),
+                             W_out, H_out) for p in frame.people]
+    return PoseFrame(people, W_out, H_out), text

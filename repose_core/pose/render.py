@@ -34,18 +34,45 @@ JOINT_RADIUS = 4
 PIDM_CHANNELS = 3 + len(OPENPOSE18_LIMBS)   # 20
 
 
+# Memory bound of every renderer: a pose image is drawn at most at this many pixels (4096 x 4096); the PIDM map
+# needs ~60 bytes per pixel on the way (20 float32 channels plus the distance transform), i.e. ~1 GB at the bound.
+MAX_RENDER_PIXELS = 4096 * 4096
+# Joints further than this many canvas sizes off the canvas are refused (PIL cannot draw them, and they are never
+# a real pose: a unit mix-up or a corrupt file).
+FAR_OFF_CANVAS = 64
+
+
 def _check_size(H, W):
     for name, v in (("H", H), ("W", W)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
             raise InputError(f"render size {name} must be a positive integer, got {v!r}")
+    if int(H) * int(W) > MAX_RENDER_PIXELS:
+        raise InputError(f"render size {int(W)}x{int(H)} (W x H) is {int(H) * int(W):,} pixels, more than the "
+                         f"{MAX_RENDER_PIXELS:,} (4096 x 4096) a pose is drawn at; render at the size the model or "
+                         f"ControlNet uses and scale the image afterwards")
     return int(H), int(W)
 
 
+def _check_far(kp: np.ndarray, present: np.ndarray, H: int, W: int, what: str, names=None) -> None:
+    limit = FAR_OFF_CANVAS * max(H, W)
+    far = present & ((np.abs(kp[:, 0]) > limit) | (np.abs(kp[:, 1]) > limit))
+    if far.any():
+        j = int(np.argmax(far))
+        label = f"joint {j}" + (f" ({names[j]})" if names is not None else "")
+        raise InputError(f"{what}: {label} at ({kp[j, 0]:.4g}, {kp[j, 1]:.4g}) lies more than {FAR_OFF_CANVAS} canvas "
+                         f"sizes outside the {W}x{H} image; the coordinates are corrupt or in other units than the "
+                         f"canvas (pixels vs normalised [0, 1]) — fix the pose or its canvas_width/canvas_height")
+
+
 def _on_canvas(pose: Pose, layout: str, H: int, W: int) -> np.ndarray:
-    """Pose -> (J, 3) keypoints in `layout`, stretched from the pose's canvas to W x H."""
+    """Pose -> (J, 3) keypoints in `layout`, stretched from the pose's canvas to W x H. A confident joint absurdly
+    far off the canvas (> FAR_OFF_CANVAS canvas sizes) is an InputError naming it."""
+    from .keypoints import LAYOUTS
+
     kp = to_layout(pose, layout).keypoints.astype(np.float64)
     kp[:, 0] *= W / pose.width
     kp[:, 1] *= H / pose.height
+    _check_far(kp, kp[:, 2] > 0, H, W, "pose", LAYOUTS.get(layout))
     return kp
 
 
@@ -79,15 +106,19 @@ def _disc(draw: ImageDraw.ImageDraw, x, y, r, fill):
 # OpenPose (ControlNet) skeleton
 
 
-def render_openpose(frame_or_pose, H: int, W: int) -> np.ndarray:
+def render_openpose(frame_or_pose, H: int, W: int, *, hands: bool = True, face: bool = True) -> np.ndarray:
     """OpenPose/ControlNet skeleton image (H, W, 3) in [0, 1] on black: limbs as ellipses of half-width 4 in 0.6 x the
-    OpenPose colour, then joints as discs of radius 4 in full colour (comfyui_controlnet_aux `draw_bodypose`).
+    OpenPose colour, then joints as discs of radius 4 in full colour (comfyui_controlnet_aux `draw_bodypose`); then,
+    when the person carries them (DWPose / OpenPose face and hand arrays in `Pose.extras`), hands as 20 bones of width
+    2 in hue order with blue points, and face points as white discs of radius 3 (`draw_handpose`, `draw_facepose`).
     Accepts a Pose, a PoseFrame or a list of Poses; COCO-17 poses are converted (neck from the shoulders)."""
     H, W = _check_size(H, W)
     people = people_of(frame_or_pose, name="pose")
     img = Image.new("RGB", (W, H))
     draw = ImageDraw.Draw(img)
-    _warn_empty(people, "render_openpose")
+    if all(p.is_empty() for p in people) and not any(_extra_points(p, k, H, W).size for p in people
+                                                      for k in EXTRA_KEYS_DRAWN):
+        _warn_empty(people, "render_openpose")
     for pose in people:
         kp = _on_canvas(pose, "openpose18", H, W)
         vis = kp[:, 2] > 0
@@ -97,7 +128,52 @@ def render_openpose(frame_or_pose, H: int, W: int) -> np.ndarray:
                 draw.polygon(limb_ellipse(kp[a, :2], kp[b, :2]), fill=color)
         for j in np.flatnonzero(vis):
             _disc(draw, kp[j, 0], kp[j, 1], JOINT_RADIUS, OPENPOSE_COLORS[j])
+    for pose in people:
+        if hands:
+            for key in ("hand_left_keypoints_2d", "hand_right_keypoints_2d"):
+                _draw_hand(draw, _extra_points(pose, key, H, W))
+        if face:
+            for x, y, c in _extra_points(pose, "face_keypoints_2d", H, W):
+                if c > 0:
+                    _disc(draw, x, y, FACE_RADIUS, (255, 255, 255))
     return np.asarray(img, dtype=np.float32) / 255.0
+
+
+# DWPose / OpenPose hand (21 points) and face (70 points) arrays, drawn as comfyui_controlnet_aux does.
+EXTRA_KEYS_DRAWN = ("hand_left_keypoints_2d", "hand_right_keypoints_2d", "face_keypoints_2d")
+HAND_EDGES = ((0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11), (11, 12),
+              (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20))
+HAND_COLORS = tuple(tuple(int(255 * v) for v in colorsys.hsv_to_rgb(k / len(HAND_EDGES), 1.0, 1.0))
+                    for k in range(len(HAND_EDGES)))
+HAND_RADIUS, HAND_LINE_WIDTH, FACE_RADIUS = 4, 2, 3
+
+
+def _extra_points(pose: Pose, key: str, H: int, W: int) -> np.ndarray:
+    """(N, 3) points of a face/hand array moved to the W x H image; a point counts as present when its confidence
+    is > 0 and it lies at positive coordinates (controlnet_aux marks undetected points with -1)."""
+    values = pose.extras.get(key) if pose.extras else None
+    if not values:
+        return np.zeros((0, 3))
+    a = np.asarray(values, np.float64).reshape(-1, 3).copy()
+    ok = (a[:, 2] > 0) & (a[:, 0] > 0) & (a[:, 1] > 0)
+    a[:, 0] *= W / pose.width
+    a[:, 1] *= H / pose.height
+    ok &= np.isfinite(a).all(axis=1)
+    _check_far(a, ok, H, W, f"pose {key}")
+    a[~ok] = 0.0
+    return a
+
+
+def _draw_hand(draw: ImageDraw.ImageDraw, pts: np.ndarray) -> None:
+    if len(pts) != 21:
+        return
+    ok = pts[:, 2] > 0
+    for k, (a, b) in enumerate(HAND_EDGES):
+        if ok[a] and ok[b]:
+            draw.line([(int(pts[a, 0]), int(pts[a, 1])), (int(pts[b, 0]), int(pts[b, 1]))], fill=HAND_COLORS[k],
+                      width=HAND_LINE_WIDTH)
+    for x, y, c in pts[ok]:
+        _disc(draw, x, y, HAND_RADIUS, (0, 0, 255))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -168,7 +244,7 @@ def l1_distance_transform(mask: np.ndarray) -> np.ndarray:
     return d
 
 
-def render_pidm_pose_map(pose, H: int, W: int, *, return_empty_flag: bool = False):
+def render_pidm_pose_map(pose, H: int, W: int, *, return_empty_flag: bool = False, rgb_only: bool = False):
     """PIDM's pose map (H, W, 20) float32 in [0, 1] (PIDM data/fashion_data.py `get_label_tensor`).
 
     Channels 0-2: RGB skeleton. PIDM draws joints (discs r=4) first, then each limb ellipse (half-width 4) blended
@@ -177,7 +253,8 @@ def render_pidm_pose_map(pose, H: int, W: int, *, return_empty_flag: bool = Fals
     Channels 3-19: for each of the 17 limbs, floor(min(L1 distance to the limb ellipse / 3, 255)) / 255: 0 on the
     limb, growing away; a missing limb gives all ones (no limb pixel anywhere).
     `pose`: a Pose (or a PoseFrame / list holding one person; extra people are ignored with a warning).
-    With `return_empty_flag=True` returns (map, empty) where empty tells that no joint was drawn."""
+    With `return_empty_flag=True` returns (map, empty) where empty tells that no joint was drawn.
+    `rgb_only=True` returns just channels 0-2 (H, W, 3), without the distance maps (a fraction of the memory)."""
     H, W = _check_size(H, W)
     people = people_of(pose, name="pose")
     if len(people) > 1:
@@ -188,7 +265,7 @@ def render_pidm_pose_map(pose, H: int, W: int, *, return_empty_flag: bool = Fals
         log.warning("render_pidm_pose_map: no person; rendering an empty map")
 
     canvas = np.zeros((H, W, 3), np.float64)        # BGR, like PIDM's OpenCV canvas
-    masks = np.zeros((len(OPENPOSE18_LIMBS), H, W), bool)
+    masks = None if rgb_only else np.zeros((len(OPENPOSE18_LIMBS), H, W), bool)
     if person is not None:
         kp = _on_canvas(person, "openpose18", H, W)
         vis = kp[:, 2] > 0
@@ -203,10 +280,14 @@ def render_pidm_pose_map(pose, H: int, W: int, *, return_empty_flag: bool = Fals
             limb = Image.new("L", (W, H))
             ImageDraw.Draw(limb).polygon(limb_ellipse(kp[a, :2], kp[b, :2]), fill=255)
             m = np.asarray(limb) > 0
-            masks[k] = m
+            if masks is not None:
+                masks[k] = m
             # cv2.addWeighted(canvas, 0.4, canvas_with_limb, 0.6, 0): unchanged off the limb, rounded to uint8
             canvas[m] = np.rint(0.4 * canvas[m] + 0.6 * np.asarray(OPENPOSE_COLORS[k], np.float64))
     rgb = canvas[..., ::-1] / 255.0                 # PIDM: cv2.cvtColor(BGR2RGB)
+    if rgb_only:
+        out = rgb.astype(np.float32)
+        return (out, empty) if return_empty_flag else out
     dist = l1_distance_transform(masks)             # (17, H, W)
     dist = np.floor(np.minimum(dist / 3.0, 255.0)) / 255.0   # uint8 truncation as in PIDM
     out = np.concatenate([rgb, dist.transpose(1, 2, 0)], axis=-1).astype(np.float32)  # (H, W, 20)
