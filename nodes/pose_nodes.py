@@ -11,7 +11,8 @@ import os
 
 from ..repose_core.errors import InputError, PoseFormatError
 from ..repose_core.pose import (
-    from_pose_keypoint, load_pose_file, render_humansd, render_openpose, render_pidm_pose_map, to_pose_keypoint,
+    check_pose_plausible, from_pose_keypoint, load_pose_file, render_humansd, render_openpose, render_pidm_pose_map,
+    to_pose_keypoint,
 )
 from .utils import numpy_to_comfy_image, reports_user_errors
 
@@ -63,6 +64,11 @@ def load_pose_keypoint(pose_json: str, coordinates: str = "auto", input_dir: str
     else:
         path = _resolve_input_file(text, input_dir if input_dir is not None else _input_directory())
         frames = load_pose_file(path, normalized=normalized)
+    if normalized is not None:  # a forced reading that contradicts the numbers is a mistake, not a pose
+        for i, frame in enumerate(frames):
+            for j, person in enumerate(frame.people):
+                check_pose_plausible(person, name=f"input 'pose_json' frame {i}, person {j} (coordinates="
+                                                  f"{coordinates})")
     return to_pose_keypoint(frames)
 
 
@@ -121,7 +127,11 @@ class RePoseLoadPoseJSON:
 
 def _render_pidm_rgb(frame, H, W):
     """The RGB skeleton channels of PIDM's 20-channel pose map (what PIDM checkpoints see as the pose image)."""
-    return render_pidm_pose_map(frame, H, W)[..., :3]
+    return render_pidm_pose_map(frame, H, W, rgb_only=True)
+
+
+# Bound of one rendered IMAGE batch (frames x H x W); each renderer also bounds one frame (MAX_RENDER_PIXELS).
+MAX_BATCH_PIXELS = 64 * 2**20
 
 
 RENDER_STYLES = {
@@ -143,6 +153,11 @@ def render_pose_keypoint(pose_keypoint, style: str, width: int = 0, height: int 
     for i, frame in enumerate(frames):
         W = int(width) or frame.width
         H = int(height) or frame.height
+        if len(frames) * W * H > MAX_BATCH_PIXELS:
+            raise InputError(f"input 'pose_keypoint': {len(frames)} frames at {W}x{H} are {len(frames) * W * H:,} "
+                             f"pixels, more than the {MAX_BATCH_PIXELS:,} one Render Pose batch holds "
+                             f"({MAX_BATCH_PIXELS * 12 // 2**30} GiB as an IMAGE); set a smaller width/height or "
+                             f"render fewer frames at a time")
         if images and images[0].shape[:2] != (H, W):
             raise PoseFormatError(f"frame {i} has a {frame.width}x{frame.height} canvas but frame 0 rendered at "
                                   f"{images[0].shape[1]}x{images[0].shape[0]}; set width and height to render all "

@@ -91,7 +91,12 @@ def load_repose_sd(path: str, dtype: torch.dtype | None = None, prediction: str 
     """An 8-channel SD UNet file -> ComfyUI ModelPatcher(BaseModel) with pose-latent concat conditioning."""
     name = os.path.basename(path)
     sd, metadata = read_unet_state_dict(path)
-    unet_config = comfy.model_detection.detect_unet_config(sd, "")
+    try:  # ComfyUI reads the layout from tensor shapes and indexes them blindly: a malformed file raises anything
+        unet_config = comfy.model_detection.detect_unet_config(sd, "")
+    except (IndexError, KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{name}: its UNet tensors do not have the shapes of a Stable Diffusion UNet "
+                              f"({type(e).__name__}: {e}); the file is damaged or not an SD UNet — RePoseSD needs our "
+                              f"train/train_sd.py export or a HumanSD checkpoint") from e
     if not unet_config or "in_channels" not in unet_config or "context_dim" not in unet_config:
         raise CheckpointError(f"{name}: the UNet layout is not a Stable Diffusion 1.x/2.x UNet")
     in_channels = unet_config["in_channels"]
@@ -112,7 +117,11 @@ def load_repose_sd(path: str, dtype: torch.dtype | None = None, prediction: str 
                               weight_dtype=comfy.utils.weight_dtype(sd))
     config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, load_device, supported))
     model = config.get_model(sd, "")
-    missing, unexpected = model.diffusion_model.load_state_dict(sd, strict=False)
+    try:
+        missing, unexpected = model.diffusion_model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # mis-shaped tensors
+        raise CheckpointError(f"{name}: its UNet weights do not fit the UNet their layout describes: "
+                              f"{str(e)[:600]}; the file is damaged or mixes two models") from e
     if missing:
         shown = ", ".join(missing[:8]) + (f" ... and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise CheckpointError(f"{name}: the UNet weights are incomplete, {len(missing)} missing: {shown}")

@@ -48,6 +48,8 @@ __all__ = [
     "save_model",
     "load_model",
     "read_metadata",
+    "read_safetensors_header",
+    "check_model_against_file",
     "load_state_dict_strict",
     "check_state_dict",
     "restricted_load",
@@ -159,6 +161,7 @@ def save_model(path: str | os.PathLike, model: nn.Module, kind: str,
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a model file is as readable as any other file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -166,8 +169,95 @@ def save_model(path: str | os.PathLike, model: nn.Module, kind: str,
         raise
 
 
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it; there is no read-only call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Loading our files
+
+# Bound on what a model file may make us allocate (parameters + buffers of the model its config builds, in elements).
+# The largest preset has 244 M parameters and Stable Diffusion's UNet 865 M; a file claiming more is refused before
+# anything is allocated. Override with the environment variable REPOSE_MAX_MODEL_ELEMENTS.
+MAX_MODEL_ELEMENTS = 2_000_000_000
+_SAFETENSORS_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                            "BOOL": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
+_MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+
+
+def _max_model_elements() -> int:
+    try:
+        return int(os.environ.get("REPOSE_MAX_MODEL_ELEMENTS", MAX_MODEL_ELEMENTS))
+    except ValueError:
+        return MAX_MODEL_ELEMENTS
+
+
+def read_safetensors_header(path: str | os.PathLike) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{key: (dtype, shape)} of a safetensors file from its JSON header alone (no tensor is read), after checking
+    that every tensor's byte range lies inside the file and matches its shape: a truncated or tampered file is a
+    CheckpointError naming the file, before anything is allocated."""
+    path = os.fspath(path)
+
+    def corrupt(why: str):
+        raise CheckpointError(f"{path} is not a readable safetensors file ({why}); the file may be truncated or "
+                              f"corrupt — download or convert it again")
+
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                corrupt(f"{size} bytes, shorter than the 8-byte header length")
+            n = int.from_bytes(head, "little")
+            if n > _MAX_HEADER_BYTES or 8 + n > size:
+                corrupt(f"header length {n} does not fit in the file of {size} bytes")
+            header = json.loads(f.read(n).decode("utf-8"))
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read ({e})") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        corrupt(f"its header is not JSON: {e}")
+    if not isinstance(header, dict):
+        corrupt("its header is not a JSON object")
+    data_size = size - 8 - n
+    out = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+            itemsize = _SAFETENSORS_DTYPE_BYTES[dtype]
+        except (TypeError, KeyError, ValueError):
+            corrupt(f"bad header entry for {key!r}")
+        numel = 1
+        for d in shape:
+            if d < 0:
+                corrupt(f"negative dimension in {key!r}")
+            numel *= d
+        if not (0 <= begin <= end <= data_size) or end - begin != numel * itemsize:
+            corrupt(f"tensor {key!r} {list(shape)} {dtype} needs bytes {begin}..{end} of {data_size}")
+        out[key] = (dtype, shape)
+    return out
+
+
+def check_model_against_file(build: Callable[[], nn.Module], header: Mapping[str, tuple[str, tuple[int, ...]]],
+                             source: str, max_listed: int = 10) -> None:
+    """Build the model on the meta device (no memory), bound its size, and compare every state-dict key and shape
+    with the file's header. Raises CheckpointError naming `source` when the stored config does not describe the
+    stored tensors (a tampered or mismatched file), so that nothing is allocated for it."""
+    with torch.device("meta"):
+        model = build()
+    elements = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
+    limit = _max_model_elements()
+    if elements > limit:
+        raise CheckpointError(f"{source}: its stored config builds a model of {elements:,} parameters and buffers, "
+                              f"more than the {limit:,} this loader accepts (REPOSE_MAX_MODEL_ELEMENTS); the file's "
+                              f"config is wrong or the file is not meant for RePose — convert or download it again")
+    fake = {k: torch.empty(shape, device="meta") for k, (_, shape) in header.items()}
+    check_state_dict(model, fake, source=f"{source} (its tensors against the model its stored config builds)",
+                     max_listed=max_listed)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -204,10 +294,14 @@ def load_model(path: str | os.PathLike, expected_kind: Optional[str] = None, dev
     if builder is None:
         raise CheckpointError(f"{path}: no builder {builder_name!r} for kind {kind!r} is available in this "
                               f"installation (registered: {sorted(_BUILDERS)})")
+    header = read_safetensors_header(path)
     try:
         config = json.loads(metadata["config"])
+        # keys, shapes and size checked on the meta device first: a config that disagrees with the file's own
+        # tensors (e.g. a tampered width) is refused before a single weight is allocated
+        check_model_against_file(lambda: builder.build(config), header, path)
         model = builder.build(config)
-    except (json.JSONDecodeError, TypeError, ValueError, KeyError) as e:
+    except (json.JSONDecodeError, TypeError, ValueError, KeyError, AttributeError) as e:
         raise CheckpointError(f"{path}: the stored config cannot build a {kind!r} model: {e}") from e
     try:
         with safe_open(path, framework="pt", device="cpu") as f:

@@ -3,8 +3,9 @@
     python train/convert_pidm.py checkpoints/last.pt models/repose/pidm_deepfashion256.safetensors
 
 The pickle is read by repose_core's restricted unpickler in stub mode: tensors are taken from the "ema" entry, the
-pickled training config is replaced by inert placeholders and never imported or executed. The state dict must match
-PIDMNet(--config) key-for-key. RePose's loader uses the result as variant B1.
+pickled training config is replaced by inert placeholders and never imported or executed. The network config is
+inferred from the tensor shapes (any PIDM config; --config names a preset instead), and the state dict must match
+it key-for-key. RePose's loader uses the result as variant B1.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="PIDM training checkpoint (last.pt)")
     parser.add_argument("output", help="output .safetensors path")
-    parser.add_argument("--config", default="deepfashion256", choices=sorted(PIDM_PRESETS),
-                        help="network config the weights belong to (default: %(default)s, the released model)")
+    parser.add_argument("--config", default="auto", choices=["auto", *sorted(PIDM_PRESETS)],
+                        help="network config the weights belong to; auto (default) infers it from the tensor shapes "
+                             "(deepfashion256 = the released model)")
     parser.add_argument("--entry", default="ema", help="checkpoint entry holding the state dict (default: "
                         "%(default)s; PIDM's inference uses the EMA weights, 'model' holds the raw ones)")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
@@ -37,13 +39,15 @@ def main(argv=None) -> int:
     if not args.output.endswith(".safetensors"):
         parser.error(f"output {args.output!r} must end with .safetensors")
     try:
-        model = convert_pidm_checkpoint(args.checkpoint, args.output, preset=args.config, entry=args.entry,
-                                        dtype=DTYPES[args.dtype])
+        model = convert_pidm_checkpoint(args.checkpoint, args.output, entry=args.entry, dtype=DTYPES[args.dtype],
+                                        preset=None if args.config == "auto" else args.config)
     except ReposeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     n = sum(p.numel() for p in model.state_dict().values())
-    print(f"wrote {args.output}: kind 'pidm', config {args.config}, {len(model.state_dict())} tensors, "
+    from repose_core.checkpoint import read_metadata
+    config = read_metadata(args.output)["preset"]
+    print(f"wrote {args.output}: kind 'pidm', config {config}, {len(model.state_dict())} tensors, "
           f"{n:,} parameters, {args.dtype}")
     return 0
 

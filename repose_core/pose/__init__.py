@@ -15,4 +15,4 @@ from .render import (  # noqa: F401
     HUMANSD_COLORS, OPENPOSE_COLORS, PIDM_CHANNELS, gaussian_heatmaps_torch, hls_palette, l1_distance_transform,
     render_heatmaps, render_humansd, render_openpose, render_pidm_pose_map,
 )
-from .validate import validate_pose  # noqa: F401
+from .validate import check_pose_plausible, validate_pose  # noqa: F401

@@ -5,7 +5,7 @@ import numbers
 
 import numpy as np
 
-from ..errors import EmptyPoseError, PoseFormatError
+from ..errors import EmptyPoseError, InputError, PoseFormatError
 from .keypoints import LAYOUTS, Pose, PoseFrame
 
 
@@ -73,3 +73,28 @@ def people_of(obj, *, name: str = "pose") -> list:
     for i, p in enumerate(people):
         validate_pose(p, name=f"{name}[{i}]" if not isinstance(obj, Pose) else name)
     return people
+
+
+def check_pose_plausible(pose: Pose, *, name: str = "pose") -> Pose:
+    """InputError unless a person's confident joints can describe a body on its canvas: at least one lies on the
+    canvas, and (with two or more) they span more than max(2 px, 2 % of the canvas's longer side). Both failures
+    are unit mix-ups in practice (pixel coordinates read as normalised land far off the canvas; [0, 1] coordinates
+    read as pixels collapse into one pixel), and a pose transfer to such a pose would ignore it."""
+    kp = pose.keypoints
+    present = kp[:, 2] > 0
+    if not present.any():
+        return pose
+    x, y = kp[present, 0], kp[present, 1]
+    W, H = pose.width, pose.height
+    on = (x >= 0) & (y >= 0) & (x <= W) & (y <= H)
+    if not on.any():
+        raise InputError(
+            f"{name}: all {int(present.sum())} joints lie outside its {W}x{H} canvas (x {x.min():.4g}..{x.max():.4g}, "
+            f"y {y.min():.4g}..{y.max():.4g}); the coordinates are in other units than the canvas — if they are "
+            f"pixels, set 'coordinates' to pixels (or auto), or give the right canvas_width/canvas_height")
+    extent = max(float(x.max() - x.min()), float(y.max() - y.min()))
+    if present.sum() >= 2 and extent <= max(2.0, 0.02 * max(W, H)):
+        raise InputError(
+            f"{name}: the whole skeleton spans {extent:.3g} px of its {W}x{H} canvas; coordinates in [0, 1] were read "
+            f"as pixels — set 'coordinates' to normalized (or auto)")
+    return pose
