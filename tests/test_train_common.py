@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from repose_core.errors import CheckpointError, InputError  # noqa: E402
 from train import common as C  # noqa: E402
 
 
@@ -126,3 +128,110 @@ def test_ema_update():
         model.weight.add_(2.0)
     ema.update(model, step=1)
     torch.testing.assert_close(ema.model.weight, 0.5 * before + 0.5 * model.weight)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Recovery of damaged run folders (issue 11): newest intact checkpoint, nothing deleted or overwritten unasked
+
+
+def _run_with_steps(run, steps, keep=0):
+    model, opt = _model_and_opt()
+    for step in steps:
+        C.save_training_state(run, step, modules={"model": model.state_dict()}, optimizer=opt, meta={"epoch": 0},
+                              keep=keep)
+    return run / "checkpoints"
+
+
+def _damage(folder, how):
+    tensors, js = folder / C.STATE_TENSORS, folder / C.STATE_JSON
+    if how == "weights_truncated":
+        tensors.write_bytes(tensors.read_bytes()[: tensors.stat().st_size // 2])
+    elif how == "weights_empty":
+        tensors.write_bytes(b"")
+    elif how == "weights_missing":
+        tensors.unlink()
+    elif how == "json_truncated":
+        js.write_text(js.read_text()[:40])
+    elif how == "json_empty":
+        js.write_text("")
+    elif how == "folder_missing":   # `latest` dangling
+        shutil.rmtree(folder)
+
+
+DAMAGE = ["weights_truncated", "weights_empty", "weights_missing", "json_truncated", "json_empty", "folder_missing"]
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, how, caplog):
+    ckpts = _run_with_steps(tmp_path, (10, 30, 40))
+    _damage(ckpts / "step_00000040", how)
+    with caplog.at_level(logging.WARNING, logger="repose"):
+        folder, (groups, opt_state, meta) = C.resume_training_state(tmp_path)
+    assert folder.name == "step_00000030" and meta["step"] == 30 and "model" in groups
+    assert "skipping checkpoint step_00000040" in caplog.text and "step 30" in caplog.text
+    assert C.latest_checkpoint(tmp_path).name == "step_00000030"
+
+
+def test_resume_names_every_damaged_checkpoint_when_none_is_intact(tmp_path):
+    ckpts = _run_with_steps(tmp_path, (10, 20))
+    _damage(ckpts / "step_00000020", "weights_empty")
+    _damage(ckpts / "step_00000010", "json_truncated")
+    with pytest.raises(InputError, match=r"(?s)step_00000020: state.safetensors is empty.*step_00000010: state.json "
+                                         r"is damaged.*--overwrite"):
+        C.resume_training_state(tmp_path)
+    with pytest.raises(InputError, match="no checkpoint folder"):
+        C.resume_training_state(tmp_path / "nothing")
+
+
+def test_load_training_state_names_the_damaged_file(tmp_path):
+    ckpts = _run_with_steps(tmp_path, (10,))
+    _damage(ckpts / "step_00000010", "weights_truncated")
+    with pytest.raises(CheckpointError, match="step_00000010"):
+        C.load_training_state(ckpts / "step_00000010")
+
+
+def test_a_fresh_start_never_clobbers_a_run(tmp_path):
+    _run_with_steps(tmp_path, (30, 40))
+    (tmp_path / "ema.safetensors").write_bytes(b"step 40 export")
+    with pytest.raises(InputError, match=r"already holds a training run \(checkpoints up to step 40, ema.safetensors\)"
+                                         r".*--resume.*--overwrite"):
+        C.prepare_run_dir(tmp_path, resume=False)
+    assert (tmp_path / "ema.safetensors").read_bytes() == b"step 40 export"
+    C.prepare_run_dir(tmp_path, resume=True)          # continuing is fine
+    with pytest.raises(InputError, match="contradict"):
+        C.prepare_run_dir(tmp_path, resume=True, overwrite=True)
+    C.prepare_run_dir(tmp_path, resume=False, overwrite=True)   # explicit: the old run goes
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "ema.safetensors").exists()
+    C.prepare_run_dir(tmp_path / "new", resume=False)          # an empty or new folder is fine
+
+
+def test_rotation_never_deletes_a_newer_or_the_new_checkpoint(tmp_path):
+    ckpts = _run_with_steps(tmp_path, (30, 40))
+    _run_with_steps(tmp_path, (10,), keep=2)          # e.g. a run resumed further back
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000010", "step_00000030", "step_00000040"]
+    assert (ckpts / C.LATEST).read_text().strip() == "step_00000010"
+    _run_with_steps(tmp_path, (20, 25), keep=2)       # older ones beyond `keep` go, newer ones stay
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000020", "step_00000025", "step_00000030",
+                                                           "step_00000040"]
+
+
+def test_temp_files_of_a_killed_save_are_removed_on_the_next_start(tmp_path):
+    ckpts = _run_with_steps(tmp_path, (10,))
+    (ckpts / ".latest.abc123").write_text("step_00000020\n")
+    (ckpts / ".step_00000020.xyz").mkdir()
+    (ckpts / ".step_00000020.xyz" / C.STATE_TENSORS).write_bytes(b"partial")
+    (tmp_path / ".ema.safetensors.q1w2.tmp").write_bytes(b"partial")
+    C.prepare_run_dir(tmp_path, resume=True)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["latest", "step_00000010"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_resume_moves_log_lines_of_redone_steps_aside(tmp_path):
+    _run_with_steps(tmp_path, (40,))
+    lines = [json.dumps({"step": s, "loss": 1.0 / s}) for s in range(1, 46)] + ['{"step": 46, "lo']   # killed mid-line
+    (tmp_path / "log.jsonl").write_text("\n".join(lines))
+    C.resume_training_state(tmp_path)
+    kept = [json.loads(x)["step"] for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert kept == list(range(1, 41))
+    moved = (tmp_path / "log.discarded.jsonl").read_text().splitlines()
+    assert len(moved) == 6 and json.loads(moved[0])["step"] == 41

@@ -3,6 +3,7 @@ bad files, guided loss."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -245,3 +246,22 @@ def test_ddp_two_processes_agree(synth, tmp_path):
     state = load_file(str(run / "checkpoints" / "step_00000002" / "state.safetensors"))
     assert {"rank0.torch", "rank1.torch", "rank0.noise", "rank1.noise"} <= set(state)
     assert not torch.equal(state["rank0.noise"], state["rank1.noise"])      # each rank draws its own t and ε
+
+
+def test_damaged_run_resumes_from_its_newest_intact_checkpoint(synth, tmp_path, caplog):
+    """Issue 11: the latest checkpoint's weights truncated -> --resume continues from the one before, says so, and
+    redoes the lost steps; a fresh start in the folder is refused and leaves the run's files untouched."""
+    common = ["--data-root", str(synth), "--save-every", "2", "--variant", "b1", "--out", str(tmp_path / "run"), *FAST]
+    assert T.main([*common, "--max-steps", "4"]) == 0
+    ckpts = tmp_path / "run" / "checkpoints"
+    weights = ckpts / "step_00000004" / "state.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    ema = (tmp_path / "run" / "ema.safetensors").read_bytes()
+    with pytest.raises(InputError, match="already holds a training run"):
+        T.main([*common, "--max-steps", "2"])
+    assert (tmp_path / "run" / "ema.safetensors").read_bytes() == ema and weights.stat().st_size == 1000
+    with caplog.at_level(logging.WARNING, logger="repose"):
+        assert T.main([*common, "--max-steps", "4", "--resume"]) == 0
+    assert "skipping checkpoint step_00000004: state.safetensors is damaged" in caplog.text
+    assert load_file(str(weights))   # rewritten intact by the resumed run
+    assert [x["step"] for x in _log(tmp_path / "run")] == [1, 2, 3, 4]   # no step logged twice

@@ -11,6 +11,12 @@ Training state on disk (never a pickle):
 
 A checkpoint folder is written under a temporary name and renamed when both files are complete; `latest` is then
 replaced atomically (temp file + os.replace). A crash at any point leaves `latest` naming a complete checkpoint.
+
+Recovery (`prepare_run_dir`, `resume_training_state`): temp files of a killed save are removed on the next start;
+`--resume` takes the newest *intact* checkpoint (every step_* folder is checked: state.json parses, the safetensors
+header fits the file) and says which newer ones it skipped and why; log lines of steps after the resumed one move to
+log.discarded.jsonl. A fresh start in a folder that holds a run is refused unless `--overwrite` is given, and
+rotation only ever deletes checkpoints older than the one just written.
 """
 from __future__ import annotations
 
@@ -30,8 +36,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repose_core, however the script was started
+from repose_core.checkpoint import read_safetensors_header  # noqa: E402
+from repose_core.errors import CheckpointError, InputError  # noqa: E402
 
 log = logging.getLogger("repose")
 
@@ -277,25 +288,81 @@ def save_training_state(run_dir, step: int, *, modules: dict[str, dict[str, torc
     with os.fdopen(fd, "w") as f:
         f.write(name + "\n")
     os.replace(tmp_latest, ckpt_root / LATEST)
-    for old in sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    if keep > 0:  # only checkpoints older than this one, never a newer one (e.g. of a run resumed further back)
+        older = sorted((s, p) for s, p in _step_folders(ckpt_root) if s < step)
+        for _, old in older[:max(len(older) - (keep - 1), 0)]:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def latest_checkpoint(run_dir) -> Path | None:
+def _step_folders(ckpt_root: Path) -> list[tuple[int, Path]]:
+    out = []
+    for p in ckpt_root.glob("step_*"):
+        try:
+            out.append((int(p.name[len("step_"):]), p))
+        except ValueError:
+            continue
+    return sorted(out)
+
+
+def checkpoint_problem(folder) -> str | None:
+    """Why a checkpoint folder cannot be resumed from (None if intact): missing, empty or truncated files, a
+    state.json that does not parse. Reads the JSON and the safetensors header, not the tensors."""
+    folder = Path(folder)
+    for name in (STATE_JSON, STATE_TENSORS):
+        f = folder / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size == 0:
+            return f"{name} is empty"
+    try:
+        meta = json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
+        int(meta["step"]), meta["optimizer"], meta["rng"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        return f"{STATE_JSON} is damaged ({type(e).__name__}: {e})"
+    try:
+        read_safetensors_header(folder / STATE_TENSORS)
+    except CheckpointError as e:
+        return f"{STATE_TENSORS} is damaged ({str(e).split(' (', 1)[-1].split(';')[0].rstrip(')')})"
+    return None
+
+
+def find_resume_checkpoint(run_dir) -> tuple[Path | None, list[tuple[str, str]]]:
+    """(newest intact checkpoint folder or None, [(folder name, why skipped)] for the newer damaged ones).
+    `latest` is only a hint: every step_* folder is a candidate, newest first."""
     ckpt_root = Path(run_dir) / "checkpoints"
+    skipped: list[tuple[str, str]] = []
     pointer = ckpt_root / LATEST
-    if not pointer.is_file():
-        return None
-    folder = ckpt_root / pointer.read_text(encoding="utf-8").strip()
-    return folder if (folder / STATE_JSON).is_file() and (folder / STATE_TENSORS).is_file() else None
+    named = None
+    if pointer.is_file():
+        try:
+            named = pointer.read_text(encoding="utf-8").strip() or None
+        except (OSError, UnicodeDecodeError):
+            named = None
+        if named and not (ckpt_root / named).is_dir():
+            skipped.append((named, f"named by '{LATEST}' but the folder does not exist"))
+    for _, folder in reversed(_step_folders(ckpt_root) if ckpt_root.is_dir() else []):
+        why = checkpoint_problem(folder)
+        if why is None:
+            return folder, skipped
+        skipped.append((folder.name, why))
+    return None, skipped
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    """The newest intact checkpoint folder of a run, or None (see find_resume_checkpoint)."""
+    return find_resume_checkpoint(run_dir)[0]
 
 
 def load_training_state(folder) -> tuple[dict[str, dict[str, torch.Tensor]], dict, dict]:
-    """-> ({"model": sd, "ema": sd, "optimizer": flat, "rng": {...}}, optimizer state_dict, meta). No pickle."""
+    """-> ({"model": sd, "ema": sd, "optimizer": flat, "rng": {...}}, optimizer state_dict, meta). No pickle.
+    A damaged folder is a CheckpointError naming the file."""
     folder = Path(folder)
-    meta = json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
-    flat = load_file(str(folder / STATE_TENSORS))
+    try:
+        meta = json.loads((folder / STATE_JSON).read_text(encoding="utf-8"))
+        flat = load_file(str(folder / STATE_TENSORS))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, SafetensorError) as e:
+        raise CheckpointError(f"training state {folder} cannot be read ({type(e).__name__}: {e})") from e
     groups: dict[str, dict[str, torch.Tensor]] = {}
     rng = {}
     for key, value in flat.items():
@@ -307,6 +374,101 @@ def load_training_state(folder) -> tuple[dict[str, dict[str, torch.Tensor]], dic
     optimizer_state = unflatten_optimizer(groups.pop("optimizer", {}), meta["optimizer"])
     groups["rng"] = rng
     return groups, optimizer_state, meta
+
+
+def resume_training_state(run_dir, trim_log: bool = True):
+    """`--resume`: (folder, (groups, optimizer state, meta)) of the newest intact checkpoint of `run_dir`. Damaged
+    newer checkpoints are skipped with a warning saying which and why; log lines of steps after the resumed one
+    move to log.discarded.jsonl (they are redone). No intact checkpoint: InputError listing what was found."""
+    run_dir = Path(run_dir)
+    folder, skipped = find_resume_checkpoint(run_dir)
+    for name, why in skipped:
+        log.warning("--resume: skipping checkpoint %s: %s", name, why)
+    if folder is None:
+        found = "; ".join(f"{n}: {w}" for n, w in skipped) or "no checkpoint folder"
+        raise InputError(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'} ({found}). Start a new run "
+                         f"in another --out, or pass --overwrite (without --resume) to replace this one")
+    state = load_training_state(folder)
+    if skipped:
+        log.warning("--resume: continuing from %s (step %d), the newest intact checkpoint", folder.name,
+                    int(state[2]["step"]))
+    if trim_log:
+        discard_log_after(run_dir, int(state[2]["step"]))
+    return folder, state
+
+
+def discard_log_after(run_dir, step: int) -> int:
+    """Move log.jsonl lines of steps > `step` (written by a run killed after its last checkpoint) to
+    log.discarded.jsonl, so that the resumed run's lines do not repeat them. Returns how many moved."""
+    path = Path(run_dir) / "log.jsonl"
+    if not path.is_file():
+        return 0
+    keep, moved = [], []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            later = int(json.loads(line)["step"]) > step
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            later = True   # a line cut off by the kill
+        (moved if later else keep).append(line if line.endswith("\n") else line + "\n")
+    if moved:
+        with open(Path(run_dir) / "log.discarded.jsonl", "a", encoding="utf-8") as f:
+            f.writelines(moved)
+        fd, tmp = tempfile.mkstemp(prefix=".log.jsonl.", dir=run_dir)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+        log.info("moved %d log lines after step %d to log.discarded.jsonl", len(moved), step)
+    return len(moved)
+
+
+def remove_stale_temp_files(run_dir) -> list[Path]:
+    """Temp files of a save that was killed midway (checkpoints/.latest.*, checkpoints/.step_*.*, .<file>.*.tmp of
+    save_model, .log.jsonl.*): removed; they are never a complete file. Returns what was removed."""
+    run_dir = Path(run_dir)
+    stale = list((run_dir / "checkpoints").glob(".latest.*")) + list((run_dir / "checkpoints").glob(".step_*"))
+    stale += [p for p in run_dir.glob(".*.tmp") if p.is_file()] + list(run_dir.glob(".log.jsonl.*"))
+    for p in stale:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        log.info("removed %s, left by a save that was interrupted", p)
+    return stale
+
+
+RUN_FILES = ("checkpoints", "ema.safetensors", "log.jsonl", "log.discarded.jsonl", "data_problems.jsonl",
+             "tensorboard", "samples")
+
+
+def prepare_run_dir(run_dir, *, resume: bool, overwrite: bool = False, master: bool = True) -> None:
+    """Before a run writes anything: remove stale temp files; refuse a fresh start (no --resume) in a folder that
+    holds a run, unless `overwrite`, which removes that run's files (RUN_FILES). --resume with --overwrite is
+    contradictory. Only the master process changes files."""
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite contradict each other: --resume continues the run in --out, "
+                         "--overwrite replaces it")
+    if master and run_dir.is_dir():
+        remove_stale_temp_files(run_dir)
+    if resume:
+        return
+    ckpt_root = run_dir / "checkpoints"
+    steps = [s for s, _ in _step_folders(ckpt_root)] if ckpt_root.is_dir() else []
+    held = ([f"checkpoints up to step {max(steps)}"] if steps else []) + \
+           [name for name in ("ema.safetensors", "log.jsonl") if (run_dir / name).exists()]
+    if not held:
+        return
+    if not overwrite:
+        raise InputError(f"{run_dir} already holds a training run ({', '.join(held)}). Continue it with --resume, "
+                         f"choose another --out, or pass --overwrite to delete it and start over")
+    if master:
+        for name in RUN_FILES:
+            p = run_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        log.warning("--overwrite: removed the previous run in %s (%s)", run_dir, ", ".join(held))
 
 
 # ----------------------------------------------------------------------------------------------------------------

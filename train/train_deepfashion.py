@@ -46,7 +46,7 @@ from repose_core.models.configs import CONFIG_NAMES, get_config  # noqa: E402
 from repose_core.models.repose import RePoseDM, as_repose_model  # noqa: E402
 from repose_core.errors import InputError, ReposeError  # noqa: E402
 from train.common import (  # noqa: E402
-    EMA, EpochBatchSampler, RunLogger, cleanup_distributed, image_grid, latest_checkpoint, load_training_state,
+    EMA, EpochBatchSampler, RunLogger, cleanup_distributed, image_grid, prepare_run_dir, resume_training_state,
     options_json, parse_options, restore_rng, save_training_state, setup_distributed, setup_logging,
 )
 
@@ -106,7 +106,10 @@ class Options:
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute UNet activations in backward"})
     # run
     out: str = field(default="runs/repose", metadata={"help": "run folder"})
-    resume: bool = field(default=False, metadata={"help": "continue from <out>/checkpoints/latest"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest intact checkpoint in "
+                                                          "<out>/checkpoints (damaged newer ones are skipped)"})
+    overwrite: bool = field(default=False, metadata={"help": "start over in an --out that holds a run, deleting "
+                                                             "its checkpoints, ema.safetensors and logs"})
     save_every: int = field(default=5000, metadata={"help": "checkpoint + EMA export every N steps"})
     log_every: int = field(default=50, metadata={"help": "scalars every N steps"})
     sample_every: int = field(default=0, metadata={"help": "sample grid every N steps (0 = off)"})
@@ -260,6 +263,7 @@ def main(argv=None) -> int:
     device = dist.device
     setup_logging(dist.master)
     torch.manual_seed(opts.seed)                       # same initial weights (and EMA) on every rank
+    prepare_run_dir(out, resume=opts.resume, overwrite=opts.overwrite, master=dist.master)   # never clobber a run
     out.mkdir(parents=True, exist_ok=True)
     if dist.master:
         (out / "config.json").write_text(options_json(opts) + "\n", encoding="utf-8")
@@ -293,10 +297,7 @@ def main(argv=None) -> int:
     # -- resume
     step = 0
     if opts.resume:
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            raise InputError(f"--resume: no complete checkpoint in {out / 'checkpoints'}; start without --resume")
-        groups, opt_state, meta = load_training_state(ckpt)
+        ckpt, (groups, opt_state, meta) = resume_training_state(out, trim_log=dist.master)
         model.load_state_dict(groups["model"], strict=True)
         ema.model.load_state_dict(groups["ema"], strict=True)
         optimizer.load_state_dict(opt_state)

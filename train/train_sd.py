@@ -40,7 +40,7 @@ import torch.nn.functional as F  # noqa: E402
 from repose_core.data import HumanSDDataset, load_humansd_records  # noqa: E402
 from repose_core.errors import InputError, MissingDependencyError, ReposeError  # noqa: E402
 from train.common import (  # noqa: E402
-    EMA, EpochBatchSampler, RunLogger, image_grid, latest_checkpoint, load_training_state, options_json,
+    EMA, EpochBatchSampler, RunLogger, image_grid, prepare_run_dir, resume_training_state, options_json,
     parse_options, restore_rng, save_training_state, setup_logging,
 )
 
@@ -86,7 +86,10 @@ class Options:
     ema_decay: float = field(default=0.0, metadata={"help": "EMA of the UNet (0 = off; exported when on)"})
     # run
     out: str = field(default="runs/repose_sd", metadata={"help": "run folder"})
-    resume: bool = field(default=False, metadata={"help": "continue from <out>/checkpoints/latest"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest intact checkpoint in "
+                                                          "<out>/checkpoints (damaged newer ones are skipped)"})
+    overwrite: bool = field(default=False, metadata={"help": "start over in an --out that holds a run, deleting "
+                                                             "its checkpoints, ema.safetensors and logs"})
     save_every: int = field(default=500, metadata={"help": "checkpoint + export every N steps"})
     log_every: int = field(default=10, metadata={"help": "scalars every N steps"})
     preview_every: int = field(default=0, metadata={"help": "pose | x̂0 | target grid every N steps (0 = off)"})
@@ -162,15 +165,18 @@ def export_unet(path, unet, extra: dict | None = None) -> None:
     """Write the UNet as safetensors with diffusers key names + metadata {format, kind "repose_sd_unet", config};
     atomic (temp file + os.replace)."""
     from safetensors.torch import save_file
+
+    from repose_core.checkpoint import current_umask
     metadata = {"format": "repose/1", "kind": UNET_KIND, "class": UNET_KIND, "config": _config_json(unet),
                 "architecture": "diffusers.UNet2DConditionModel"}
     metadata.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600: readable by a ComfyUI of another user
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -272,6 +278,7 @@ def main(argv=None) -> int:
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     setup_logging(accelerator.is_main_process)
     torch.manual_seed(opts.seed + rank)
+    prepare_run_dir(out, resume=opts.resume, overwrite=opts.overwrite, master=accelerator.is_main_process)
     out.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         (out / "config.json").write_text(options_json(opts) + "\n", encoding="utf-8")
@@ -305,10 +312,7 @@ def main(argv=None) -> int:
 
     step = 0
     if opts.resume:
-        ckpt = latest_checkpoint(out)
-        if ckpt is None:
-            raise InputError(f"--resume: no complete checkpoint in {out / 'checkpoints'}")
-        groups, opt_state, meta = load_training_state(ckpt)
+        ckpt, (groups, opt_state, meta) = resume_training_state(out, trim_log=accelerator.is_main_process)
         unet.load_state_dict(groups["model"], strict=True)
         if ema is not None:
             ema.model.load_state_dict(groups["ema"], strict=True)
