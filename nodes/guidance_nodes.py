@@ -24,6 +24,9 @@ def make_guidance_spec(pose_estimator, target_pose, scale, start, end, energy="k
         raise InputError(f"input 'energy' is {energy!r}; accepted: {', '.join(ENERGIES)}")
     if schedule not in SCHEDULES:
         raise InputError(f"input 'schedule' is {schedule!r}; accepted: {', '.join(SCHEDULES)}")
+    from .utils import check_finite
+
+    check_finite(scale=scale, start=start, end=end, clip_grad_norm=clip_grad_norm)
     if start > end:
         raise InputError(f"inputs 'start' ({start}) and 'end' ({end}): start must not be after end")
     if energy == "keypoint":

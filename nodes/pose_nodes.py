@@ -32,8 +32,8 @@ def _input_directory() -> str:
 
 def _resolve_input_file(name: str, input_dir: str) -> str:
     """A file name relative to ComfyUI's input directory -> absolute path; never a path outside that directory."""
-    root = os.path.abspath(input_dir)
-    path = os.path.abspath(os.path.join(root, name))
+    root = os.path.realpath(input_dir)
+    path = os.path.realpath(os.path.join(root, name))   # symlinks resolved: a link may not lead out of input/
     if os.path.commonpath([root, path]) != root:
         raise InputError(f"input 'pose_json': '{name}' points outside ComfyUI's input directory ({root}); give a "
                          f"file name relative to it")

@@ -86,6 +86,22 @@ class RePoseLoadPoseEstimator:
 
 
 CONFIDENCE_MODES = ("binary", "estimator")
+MIN_POSE_IMAGE_SIDE = 16   # pixels; below it the estimator's heatmaps are a few pixels of padding
+
+
+def _inside_image(frame):
+    """Joints decoded outside the image (heatmap peaks in the padding) are dropped; a person left without joints
+    is dropped too, so that allow_empty=False really means 'a person was seen in the picture'."""
+    import dataclasses
+
+    people = []
+    for pose in frame.people:
+        kp = pose.keypoints.copy()
+        off = (kp[:, 0] < 0) | (kp[:, 1] < 0) | (kp[:, 0] > pose.width) | (kp[:, 1] > pose.height)
+        kp[off] = 0.0
+        if (kp[:, 2] > 0).any():
+            people.append(dataclasses.replace(pose, keypoints=kp))
+    return dataclasses.replace(frame, people=people)
 
 
 def estimate_pose_keypoint(estimator: LoadedEstimator, image: torch.Tensor, threshold: float = 0.1,
@@ -100,10 +116,14 @@ def estimate_pose_keypoint(estimator: LoadedEstimator, image: torch.Tensor, thre
     from ..repose_core.estimator import estimate_poses
 
     img01 = (comfy_image_to_core(image, "image") + 1.0) / 2.0  # (B,3,H,W) in [0,1]
+    if min(img01.shape[-2:]) < MIN_POSE_IMAGE_SIDE:
+        raise InputError(f"input 'image' is {img01.shape[-1]}x{img01.shape[-2]} pixels; a body pose cannot be found in "
+                         f"an image smaller than {MIN_POSE_IMAGE_SIDE} pixels on a side — give the photo itself")
     module = estimator.on_device()
     p = next(module.parameters())
     frames = estimate_poses(module, img01.to(device=p.device, dtype=p.dtype), threshold, multi_person=multi_person,
                             to_openpose18=True)
+    frames = [_inside_image(f) for f in frames]
     if not allow_empty:
         for i, frame in enumerate(frames):
             if not frame.people:
@@ -210,8 +230,8 @@ def _input_file(name: str, input_dir: str | None, field: str, extensions: tuple[
         import folder_paths
 
         input_dir = folder_paths.get_input_directory()
-    root = os.path.abspath(input_dir)
-    path = os.path.abspath(os.path.join(root, name))
+    root = os.path.realpath(input_dir)
+    path = os.path.realpath(os.path.join(root, name))   # symlinks resolved: a link may not lead out of input/
     if os.path.commonpath([root, path]) != root:
         raise InputError(f"input '{field}': '{name}' points outside ComfyUI's input directory ({root})")
     if not os.path.isfile(path):
@@ -292,6 +312,9 @@ def save_pose_keypoint(pose_keypoint, fmt: str, filename_prefix: str, output_dir
     frames = from_pose_keypoint(pose_keypoint, source="input 'pose_keypoint'")
     if not frames:
         raise InputError("input 'pose_keypoint' holds no frame")
+    if any(ord(c) < 32 for c in filename_prefix):
+        raise InputError(f"input 'filename_prefix': {filename_prefix!r} contains a control character (e.g. a NUL "
+                         f"byte); use letters, digits, '_', '-' and '/' for sub-folders")
     prefix = filename_prefix.strip().replace("\\", "/") or "repose_pose"
     if os.path.isabs(prefix) or ".." in prefix.split("/"):
         raise InputError(f"input 'filename_prefix': {filename_prefix!r} must be a relative name inside ComfyUI's "

@@ -14,7 +14,7 @@ import torch
 
 from ..repose_core.errors import CheckpointError, InputError
 from .model_files import DTYPES, check_kind, list_models, resolve_dtype, resolve_model
-from .utils import comfy_image_to_core, comfy_progress, core_to_comfy_image, reports_user_errors
+from .utils import check_finite, comfy_image_to_core, comfy_progress, core_to_comfy_image, reports_user_errors
 
 log = logging.getLogger("repose")
 CATEGORY = "RePose/transfer"
@@ -163,6 +163,26 @@ def _target_frames(target_pose, target_pose_image, encoding: str, height: int, w
     return img
 
 
+# The largest source RecurrentPoseAlign accepts, in units of the model's own canvas (H x W pixels): RPA attends over
+# all positions (memory grows with the square of the pixel count), so a photo far larger than the canvas cannot be
+# served; measured peak memory at the bound: bench/bench_input_bounds.py.
+MAX_SOURCE_AREA = 4           # x the canvas area (e.g. 2x each side)
+MAX_SOURCE_BATCH_AREA = 16    # x the canvas area, summed over the batch
+
+
+def check_source_size(H: int, W: int, batch: int, canvas: tuple) -> None:
+    """InputError naming input 'source' when it is larger than the model can align (see MAX_SOURCE_AREA)."""
+    ch, cw = canvas
+    if H * W > MAX_SOURCE_AREA * ch * cw:
+        raise InputError(f"input 'source' is {W}x{H} pixels; this model works at {cw}x{ch} and accepts at most "
+                         f"{MAX_SOURCE_AREA}x that area ({MAX_SOURCE_AREA * ch * cw:,} pixels): scale the image to "
+                         f"{cw}x{ch} first (e.g. ImageScale / Upscale Image to width {cw}, height {ch})")
+    if batch * H * W > MAX_SOURCE_BATCH_AREA * ch * cw:
+        raise InputError(f"input 'source' holds {batch} images of {W}x{H}; this model aligns at most "
+                         f"{MAX_SOURCE_BATCH_AREA * ch * cw:,} pixels per run ({MAX_SOURCE_BATCH_AREA} canvases of "
+                         f"{cw}x{ch}); split the batch")
+
+
 def recurrent_pose_align(repose_model: LoadedRePose, source, target_pose=None, target_pose_image=None,
                          iterations: int = 0, vae=None, person: int = -1):
     """-> (REPOSE_COND, warped IMAGE batch (iterations x batch), flow IMAGE)."""
@@ -182,6 +202,7 @@ def recurrent_pose_align(repose_model: LoadedRePose, source, target_pose=None, t
     src = comfy_image_to_core(source, "source")  # (B,3,H,W) in [-1,1]
     H, W = src.shape[-2:]
     codec.check_image(src)  # InputError naming the size and the accepted multiple
+    check_source_size(H, W, src.shape[0], tuple(config.image_size))
     if (H, W) != tuple(config.image_size):
         log.warning("RePose: source is %dx%d, the model was trained at %dx%d (H x W); results may degrade",
                     H, W, *config.image_size)
@@ -257,6 +278,13 @@ def repose_sample(repose_model: LoadedRePose, repose_cond: RePoseCond, seed: int
 
     if cfg_mode not in CFG_MODES:
         raise InputError(f"input 'cfg_mode' is {cfg_mode!r}; accepted: {', '.join(CFG_MODES)}")
+    check_finite(cfg=cfg, denoise=denoise, pose_scale=pose_scale, appearance_scale=appearance_scale)
+    if not 0.0 <= denoise <= 1.0:
+        raise InputError(f"input 'denoise' is {denoise}; accepted: 0 to 1")
+    if denoise < 1.0 and reference is None:
+        raise InputError(f"input 'denoise' is {denoise}: below 1 the sampler starts from the 'reference' image "
+                         f"(denoise 0 returns it unchanged), but no reference is connected; connect 'reference' or "
+                         f"set denoise to 1")
     if repose_cond.model_name != repose_model.name:
         log.warning("RePose: the condition was prepared with %s but sampling uses %s", repose_cond.model_name,
                     repose_model.name)

@@ -53,6 +53,16 @@ def numpy_to_comfy_image(images) -> torch.Tensor:
     return torch.from_numpy(np.clip(batch, 0.0, 1.0))
 
 
+def check_finite(**values) -> None:
+    """InputError naming the first input whose value is NaN or infinite. ComfyUI's min/max validation lets NaN through
+    (every comparison with NaN is False), and NaN scales silently give black images."""
+    import math
+
+    for name, value in values.items():
+        if value is not None and not math.isfinite(float(value)):
+            raise InputError(f"input '{name}' is {value}; give a finite number")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Errors shown on the node
 

@@ -169,7 +169,10 @@ class ComfyServer:
         """POST an API-format prompt; returns its prompt_id. A validation failure raises with node_errors; so does
         a partial one (ComfyUI queues the valid outputs and reports the others in node_errors) unless allowed."""
         body = {"prompt": api_prompt, "client_id": client_id or uuid.uuid4().hex}
-        r = requests.post(self.url("/prompt"), json=body, timeout=60)
+        # json.dumps writes NaN / Infinity as the browser's JSON.stringify never does but Python's json (the server's
+        # parser) reads: how a careless or hostile client gets non-finite numbers into a prompt
+        r = requests.post(self.url("/prompt"), data=json.dumps(body), headers={"Content-Type": "application/json"},
+                          timeout=60)
         if r.status_code != 200:
             raise ComfyError(f"POST /prompt refused ({r.status_code}): {r.text}")
         answer = r.json()
