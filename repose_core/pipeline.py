@@ -31,7 +31,6 @@ from torch import Tensor, nn
 from .diffusion import GaussianDiffusion, ddim_sample, linear_betas, make_eps_fn, spaced_timesteps
 from .errors import CheckpointError, EmptyPoseError, InputError
 from .models.codec import Codec, IdentityCodec, PixelUnshuffleCodec
-from .models.repose import AppearanceCond
 from .pose import Pose, PoseFrame, fit_params, render_pidm_pose_map, resize_image, retarget_pose, transform_pose
 from .pose.keypoints import to_layout
 
@@ -312,8 +311,7 @@ class PoseTransferPipeline:
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         x_T = torch.randn((B, *z_src.shape[1:]), generator=gen).to(device=device, dtype=dtype)
         # forward() reads only the features; the flow / warps stay out of the CFG batch (null_cond has none)
-        features_only = AppearanceCond(features=cond.features)
-        eps_fn = make_eps_fn(self.model, pose_map, features_only, null, w=cfg_w)
+        eps_fn = make_eps_fn(self.model, pose_map, cond.features_only(), null, w=cfg_w)
         if clip_x0 is None:
             clip_x0 = isinstance(self.codec, (IdentityCodec, PixelUnshuffleCodec))
         z0 = ddim_sample(eps_fn, x_T, self.diffusion, steps=steps, eta=eta, x0_hook=hook,

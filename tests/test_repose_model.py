@@ -95,7 +95,7 @@ def test_null_cond_is_the_encoder_of_a_zero_source():
 
 
 def test_unet_padding_is_internal_and_does_not_change_divisible_sizes():
-    model = perturb(tiny_model("b1"))
+    model = perturb(tiny_model("b1", prediction="eps"))  # eps: forward returns the network's output as is
     g = torch.Generator().manual_seed(0)
     source, pose, x_t = (torch.randn(1, c, 32, 24, generator=g) for c in (12, 20, 12))  # 24 % 4 == 0: no padding
     t = torch.tensor([50])
@@ -291,3 +291,70 @@ def test_cond_and_null_cond_batch_into_one_cfg_pass(variant):
     C = source.shape[1]  # ε is extrapolated; the learned-variance channels v come from the conditional pass
     torch.testing.assert_close(guided[:, :C], (e_n + 2.0 * (e_c - e_n))[:, :C], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(guided[:, C:], e_c[:, C:], atol=1e-4, rtol=1e-4)
+
+
+def test_v_prediction_forward_returns_eps_consistent_with_the_network_v():
+    """A v-predicting model hands samplers ε = √ᾱ·v + √(1−ᾱ)·x_t, for integer and fractional t."""
+    import numpy as np
+
+    from repose_core.diffusion import linear_betas
+
+    model = perturb(tiny_model("b1"))
+    assert model.config.prediction == "v"  # the miniature presets predict v
+    source, pose, x_t = tiny_inputs(model)
+    abar = np.cumprod(1 - linear_betas(1000))
+    with torch.no_grad():
+        cond = model.prepare(source, pose)
+        for t_value in (0, 500, 999):
+            t = torch.tensor([t_value, t_value])
+            raw = model.net.denoise(torch.cat([model._pad(x_t), model._pad(pose)], 1), t, cond.features)
+            v = raw[..., :32, :22][:, :12]
+            a = float(abar[t_value])
+            expect = a ** 0.5 * v + (1 - a) ** 0.5 * x_t
+            out = model(x_t, t, pose, cond)
+            torch.testing.assert_close(out[:, :12], expect, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(out[:, 12:], raw[..., :32, :22][:, 12:])
+        # a fractional t (k-diffusion samplers) lies between its neighbours
+        lo, hi, mid = (model.alphas_cumprod_at(torch.tensor([t]), x_t[:1]).item() for t in (400.0, 401.0, 400.5))
+        assert hi < mid < lo
+
+
+def test_v_prediction_loss_weight_is_the_v_mse():
+    """ε-MSE / ᾱ_t equals ‖v − v_θ‖² for the v of the same sample (the miniature recipe's loss)."""
+    from repose_core.diffusion import GaussianDiffusion, linear_betas
+
+    d = GaussianDiffusion(linear_betas(1000))
+    g = torch.Generator().manual_seed(0)
+    x0, noise, v_pred = (torch.randn(3, 12, 8, 6, generator=g, dtype=torch.float64) for _ in range(3))
+    t = torch.tensor([10, 500, 990])
+    x_t = d.q_sample(x0, t, noise)
+    abar = torch.from_numpy(d.alphas_cumprod)[t].view(-1, 1, 1, 1)
+    v_true = abar.sqrt() * noise - (1 - abar).sqrt() * x0
+    eps_pred = abar.sqrt() * v_pred + (1 - abar).sqrt() * x_t
+    losses = d.training_losses(eps_pred, x0, x_t, t, noise, mse_weight=d.loss_weight_for("v", t))
+    torch.testing.assert_close(losses["mse"], (v_true - v_pred).pow(2).mean(dim=(1, 2, 3)), rtol=1e-6, atol=1e-9)
+    assert d.loss_weight_for("eps", t) is None
+
+
+def test_aligned_source_input_reads_the_warped_source_and_null_is_zero():
+    model = perturb(tiny_model("b2", aligned_source_input=True))
+    assert model.net.config.in_channels == 12 + 20 + 12
+    source, pose, x_t = tiny_inputs(model)
+    t = torch.tensor([300, 300])
+    with torch.no_grad():
+        cond = model.prepare(source, pose)
+        assert torch.equal(cond.aligned_source, cond.warped[-1])
+        null = model.null_cond(cond)
+        assert torch.equal(null.aligned_source, torch.zeros_like(cond.warped[-1]))
+        # what the denoiser reads survives features_only() (the CFG batch), and it matters
+        only = cond.features_only()
+        assert only.flow is None and only.warped == [] and only.aligned_source is cond.aligned_source
+        changed = dataclasses.replace(only, aligned_source=only.aligned_source + 1)
+        assert not torch.allclose(model(x_t, t, pose, only), model(x_t, t, pose, changed))
+        # dropping the condition in training (zero source) is exactly the null condition
+        dropped = model.prepare(torch.zeros_like(source), pose)
+        assert torch.equal(dropped.aligned_source, null.aligned_source)
+        with pytest.raises(InputError, match="aligned source"):
+            model(x_t, t, pose, dataclasses.replace(only, aligned_source=None))
+    with pytest.raises(InputError, match="aligned_source_input"):
+        get_config("tiny", "b1", aligned_source_input=True)

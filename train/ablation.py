@@ -82,7 +82,10 @@ def train_argv(args) -> list[str]:
         key, _, value = item.partition("=")
         recipe[key] = value.split() if " " in value else value
     for k, v in recipe.items():
-        argv += [f"--{k}", *(v if isinstance(v, list) else [v])]
+        if v in ("true", "false"):  # boolean options: --recipe preload=true -> --preload
+            argv.append(f"--{k}" if v == "true" else f"--no-{k}")
+        else:
+            argv += [f"--{k}", *(v if isinstance(v, list) else [v])]
     if args.init:
         argv += ["--init", args.init]
     if args.variant != "b1":
@@ -90,6 +93,16 @@ def train_argv(args) -> list[str]:
     if args.variant == "full":
         argv += ["--estimator", args.estimator, "--guidance-eta", str(args.guidance_eta)]
     return argv
+
+
+def steps_in(run: Path) -> int:
+    """The step of the run's exported EMA (train_deepfashion writes it into the file's metadata)."""
+    from repose_core.checkpoint import read_metadata
+
+    try:
+        return int(read_metadata(run / "ema.safetensors").get("step", 0))
+    except Exception:  # noqa: BLE001 - no export yet
+        return 0
 
 
 def cmd_train(args) -> int:
@@ -103,11 +116,14 @@ def cmd_train(args) -> int:
     start = time.perf_counter()
     code = td.main(argv)
     seconds = time.perf_counter() - start
-    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
+    log_file = out / "log.jsonl"
+    logs = [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()] if log_file.is_file() else []
     last = logs[-4:]
+    steps_done = steps_in(out)
     record = {
         "command": "python train/ablation.py train " + " ".join(sys.argv[2:]),
-        "train_deepfashion_argv": argv, "git_commit": git_commit(), "variant": args.variant, "steps": args.steps,
+        "train_deepfashion_argv": argv, "git_commit": git_commit(), "variant": args.variant, "steps": steps_done,
+        "steps_asked": args.steps,
         "seconds": round(seconds, 1), "threads": args.threads, "init": args.init or None,
         "init_record": (json.loads((Path(args.init).parent / "record.json").read_text())
                         if args.init and (Path(args.init).parent / "record.json").is_file() else None),
@@ -512,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--estimator", default=str(REPO / "repose_core/weights/repose_default_estimator.safetensors"))
     t.add_argument("--steps", type=int, default=1000)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--guidance-eta", type=float, default=1.0)
+    t.add_argument("--guidance-eta", type=float, default=10.0)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--init", default="", help="start from this repose_dm file (the shared B1 pre-training)")
     t.add_argument("--recipe", action="append", default=[], metavar="KEY=VALUE",

@@ -5,7 +5,6 @@ by the nodes lives in repose_core; this is the small loop the training tools nee
 """
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 from torch import Tensor
@@ -42,8 +41,7 @@ def transfer(model, codec, diffusion: GaussianDiffusion, source: Tensor, pose_ma
     cond = model.prepare(src, pose_map)
     # forward() reads only the texture features; CFG batches cond with the null cond (which has no flow/warps),
     # so the denoiser gets a features-only copy
-    features_only = dataclasses.replace(cond, flow=None, warped=[], previews=[])
-    eps_fn = make_eps_fn(model, pose_map, features_only, model.null_cond(cond), w=cfg_scale)
+    eps_fn = make_eps_fn(model, pose_map, cond.features_only(), model.null_cond(cond), w=cfg_scale)
     shape = (source.shape[0], codec.channels, *pose_map.shape[-2:])
     x_T = torch.randn(shape, generator=generator, device=generator.device if generator is not None else "cpu")
     x_T = x_T.to(device=source.device, dtype=source.dtype)

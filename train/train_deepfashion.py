@@ -40,7 +40,9 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from repose_core.checkpoint import load_model, save_model  # noqa: E402
-from repose_core.data import LAYOUTS, Augment, PoseTransferDataset, load_records, swap_pair_batch  # noqa: E402
+from repose_core.data import (  # noqa: E402
+    LAYOUTS, Augment, PoseTransferDataset, PreloadedPairs, load_records, swap_pair_batch,
+)
 from repose_core.diffusion import GaussianDiffusion, drop_condition, linear_betas  # noqa: E402
 from repose_core.models.configs import CONFIG_NAMES, get_config  # noqa: E402
 from repose_core.models.repose import RePoseDM, as_repose_model  # noqa: E402
@@ -69,6 +71,9 @@ class Options:
     scale_jitter: float = field(default=0.05, metadata={"help": "scale-crop augmentation, max relative enlargement"})
     flip_prob: float = field(default=0.5, metadata={"help": "horizontal flip probability"})
     bidirectional: bool = field(default=True, metadata={"help": "use each pair in both directions (PIDM)"})
+    preload: bool = field(default=False, metadata={"help": "decode every image and pose map once and keep them on "
+                                                           "the device (small datasets; no augmentation, no loader "
+                                                           "workers: what lets a GPU train the miniatures at speed)"})
     # model
     variant: str = field(default="b2", metadata={"help": "b1 (PIDM) | b2 (+RPA) | full (b2 + guided loss)",
                                                  "choices": ("b1", "b2", "full")})
@@ -76,6 +81,12 @@ class Options:
                                                             "choices": CONFIG_NAMES})
     rpa_iterations: int = field(default=0, metadata={"help": "N, recurrent RPA iterations (0 = the preset's; "
                                                              "paper: 5)"})
+    prediction: str = field(default="", metadata={"help": "what the network predicts: eps | v ('' = the preset's: "
+                                                         "v for the miniatures, eps otherwise)",
+                                                 "choices": ("", "eps", "v")})
+    aligned_source_input: bool = field(default=False, metadata={"help": "OUR ADDITION: also concatenate the "
+                                                                       "RPA-aligned source to the UNet input "
+                                                                       "(b2 / full)"})
     vae: str = field(default="", metadata={"help": "diffusers AutoencoderKL folder, for latent presets "
                                                    "(deepfashion512)"})
     init: str = field(default="", metadata={"help": "start from this repose_dm / converted PIDM file (the UNet; "
@@ -88,7 +99,10 @@ class Options:
     guided_loss: bool = field(default=False, metadata={"help": "gradient-guided ε̃ target (eq. 3/15); on for "
                                                                 "--variant full"})
     estimator: str = field(default="", metadata={"help": "HigherHRNet checkpoint for the guided loss"})
-    guidance_eta: float = field(default=1.0, metadata={"help": "η of eq. 15"})
+    guidance_eta: float = field(default=10.0, metadata={"help": "η of eq. 15. The feature energy's gradient is "
+                                                               "~1e-3 RMS per element (mean reduction), so η = 1 "
+                                                               "moves ε̃ by ~1e-3 and trains like b2; 10 moves it "
+                                                               "by ~1e-2 (docs/ablation.md)"})
     guidance_reduction: str = field(default="mean", metadata={"help": "feature energy reduction",
                                                               "choices": ("sum", "mean")})
     estimator_size: int = field(default=0, metadata={"help": "resize x̂0 (longer side) for the estimator; 0 = as is"})
@@ -98,6 +112,8 @@ class Options:
     batch_size: int = field(default=8, metadata={"help": "pairs per process per micro-batch (x2 if bidirectional)"})
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     max_steps: int = field(default=300000, metadata={"help": "optimizer steps"})
+    max_minutes: float = field(default=0.0, metadata={"help": "stop (and save) after this much training time, "
+                                                               "whatever the step (0 = no limit); --resume goes on"})
     warmup_steps: int = field(default=0, metadata={"help": "linear LR warm-up steps (then constant)"})
     grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip (0 = off)"})
     ema_decay: float = field(default=0.9999, metadata={"help": "EMA decay"})
@@ -136,6 +152,10 @@ def build_model(opts: Options) -> tuple[RePoseDM, object, GaussianDiffusion]:
         overrides["unet"] = dataclasses.replace(base.unet, use_checkpoint=True)
     if opts.rpa_iterations and base.rpa is not None:
         overrides["rpa"] = dict(iterations=opts.rpa_iterations)
+    if opts.prediction:
+        overrides["prediction"] = opts.prediction
+    if opts.aligned_source_input:
+        overrides["aligned_source_input"] = True
     config = get_config(opts.preset, opts.variant, **overrides)
     codec = None
     if config.codec == "sd_vae":
@@ -204,7 +224,8 @@ def training_loss(step_module, model, diffusion, batch, opts: Options, noise_gen
         mse_target = guided_eps_target(noise, out[:, :C], x_t, t, diffusion.alphas_cumprod,
                                        energy_for(estimator, codec, target01, opts), eta=opts.guidance_eta)
         logs["guidance_shift"] = float((mse_target - noise).pow(2).mean())
-    losses = diffusion.training_losses(out, x0, x_t, t, noise, vb_weight=opts.vb_weight, mse_target=mse_target)
+    losses = diffusion.training_losses(out, x0, x_t, t, noise, vb_weight=opts.vb_weight, mse_target=mse_target,
+                                       mse_weight=diffusion.loss_weight_for(model.config.prediction, t))
     loss = losses["loss"].mean()
     logs.update(mse=float(losses["mse"].detach().mean()), vb=float(losses["vb"].detach().mean()))
     if opts.rpa_warp_weight > 0 and cond.warped and keep.any():
@@ -293,6 +314,12 @@ def main(argv=None) -> int:
                                   on_error=on_error, report_path=report, seed=opts.seed,
                                   pose_encoding="pidm20" if model.config.pose_encoding == "pidm20" else "skeleton")
     sampler = EpochBatchSampler(len(dataset), opts.batch_size, rank=dist.rank, world=dist.world, seed=opts.seed)
+    preloaded = None
+    if opts.preload:
+        t0 = time.perf_counter()
+        preloaded = PreloadedPairs(dataset, device=device, num_workers=opts.num_workers)
+        log.info("preloaded %d images / %d pairs to %s in %.1f s", len(preloaded.images), len(preloaded),
+                 device, time.perf_counter() - t0)
 
     # -- resume
     step = 0
@@ -326,9 +353,12 @@ def main(argv=None) -> int:
         while True:
             dataset.set_epoch(epoch)
             sampler.set_epoch(epoch, skip)
-            loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=opts.num_workers,
-                                                 generator=torch.Generator().manual_seed(opts.seed + epoch),
-                                                 persistent_workers=False)
+            if preloaded is not None:      # the same index order, gathered from device memory
+                loader = (preloaded.batch(indices) for indices in sampler)
+            else:
+                loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=opts.num_workers,
+                                                     generator=torch.Generator().manual_seed(opts.seed + epoch),
+                                                     persistent_workers=False)
             for batch in loader:
                 yield swap_pair_batch(batch) if opts.bidirectional else batch
             epoch, skip = epoch + 1, 0
@@ -353,7 +383,24 @@ def main(argv=None) -> int:
                dynamic_ncols=True)
     it = batches()
     t_last, pairs_seen = time.perf_counter(), 0
+    deadline = time.monotonic() + 60 * opts.max_minutes if opts.max_minutes > 0 else None
+
+    def out_of_time() -> bool:
+        if deadline is None:
+            return False
+        late = time.monotonic() > deadline
+        if dist.enabled:                                # every rank stops at the same step
+            flag = torch.tensor([float(late)], device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            late = bool(flag.item())
+        return late
+
     while step < opts.max_steps:
+        if out_of_time():
+            log.info("--max-minutes %.1f reached at step %d: saving and stopping", opts.max_minutes, step)
+            if step % opts.save_every:
+                save(step)
+            break
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, opts)
         logs_sum: dict[str, float] = {}

@@ -247,6 +247,7 @@ class GaussianDiffusion:
         mse_target: Tensor | None = None,
         *,
         eps_target: Tensor | None = None,
+        mse_weight: Tensor | None = None,
     ) -> dict:
         """L_hybrid = L_mse + vb_weight · L_vlb per sample (paper eq. 3-4; improved DDPM §3.1).
 
@@ -255,6 +256,9 @@ class GaussianDiffusion:
         gradient-guided ε̃ of paper eq. 15 as the target trains RePoseDM's guided objective.
         L_vlb sees ε_θ through a stop-gradient, so it only trains the variance channels v (improved DDPM), and is
         multiplied by num_timesteps / 1000 so its scale does not depend on T.
+
+        mse_weight: optional per-sample weight (B,) of L_mse; 1/ᾱ_t turns the ε-MSE into the v-MSE of a
+        v-predicting model (`loss_weight_for`).
 
         Returns dict(loss, mse, vb), each of shape (B,). Computed in at least float32.
         """
@@ -269,9 +273,20 @@ class GaussianDiffusion:
 
         eps, v = self.split_model_output(model_out, x_t)
         mse = mean_flat((target - eps) ** 2)
+        if mse_weight is not None:
+            mse = mse * mse_weight.to(device=mse.device, dtype=mse.dtype).reshape(-1)
         if v is None:
             vb = torch.zeros_like(mse)
         else:
             frozen = torch.cat([eps.detach(), v], dim=1)   # stop-gradient: the VLB must not move the mean
             vb = self.vb_terms_bpd(frozen, x0, x_t, t) * (self.num_timesteps / 1000.0)
         return {"loss": mse + vb_weight * vb, "mse": mse, "vb": vb}
+
+    def loss_weight_for(self, prediction: str, t: Tensor) -> Tensor | None:
+        """Per-sample weight of the ε-MSE for a model that predicts `prediction`: None for "eps" (PIDM's equal
+        weights), 1/ᾱ_t for "v" (ε − ε_θ = √ᾱ_t·(v − v_θ), so ε-MSE/ᾱ_t is the v-MSE)."""
+        if prediction == "eps":
+            return None
+        if prediction == "v":
+            return 1.0 / self._table("alphas_cumprod", t.device)[t].float()
+        raise InputError(f"unknown prediction {prediction!r}; accepted: 'eps', 'v'")

@@ -13,7 +13,18 @@ Presets (image size in pixels H×W):
   paper describes (Sec. 3.1); PIDM's 512 model was never released and pixel space at 512 would cost ~4× the 256 UNet.
   Needs diffusers for the codec at run time (the network itself builds without it).
 - "market1501" 128×64, pixel space, PIDM-style.
-- "tiny" 64×44 pixels in PixelUnshuffle(2) space (12×32×22), a few channels: for tests and smoke runs.
+- "tiny" 64×44 pixels in PixelUnshuffle(2) space (12×32×22), a few channels: the shipped miniature models, tests.
+- "tiny128" 128×88 pixels in PixelUnshuffle(2) space (12×64×44), a wider miniature (trained on a GPU).
+
+Parameterisation (`prediction`): the network's first C output channels are ε ("eps", PIDM) or v = √ᾱ·ε − √(1−ᾱ)·x0
+("v", Salimans & Ho 2022). `RePoseDM.forward` always returns ε (ε = √ᾱ·v + √(1−ᾱ)·x_t), so samplers, CFG and pose
+guidance never see the difference; the trainer weights the ε-MSE by 1/ᾱ_t for "v" models, which is the v-MSE. The
+miniature presets predict v: with ε-prediction and equal weights over t, x̂0 errors at high t are weighted by
+ᾱ/(1−ᾱ) (3e-4 at t = 900) and small CPU-trained models draw a grid of sub-pixel biases (docs/ablation.md).
+
+`aligned_source_input` (OUR ADDITION, off in the paper's variants): the RPA-aligned source W(I_S; F^N) is also
+concatenated to the UNet input, so the denoiser can read the aligned appearance at the same place at every
+resolution, not only through cross-attention (which has no position signal). Needs RPA (b2 / full).
 """
 from __future__ import annotations
 
@@ -26,9 +37,11 @@ from .codec import codec_spec
 from .rpa import RPAConfig
 from .unet import UNetConfig, pidm_deepfashion256_config
 
-__all__ = ["RePoseConfig", "RPAConfig", "UNetConfig", "get_config", "CONFIG_NAMES", "VARIANTS", "POSE_ENCODINGS"]
+__all__ = ["RePoseConfig", "RPAConfig", "UNetConfig", "get_config", "CONFIG_NAMES", "VARIANTS", "POSE_ENCODINGS",
+           "PREDICTIONS"]
 
 VARIANTS = ("b1", "b2", "full")
+PREDICTIONS = ("eps", "v")
 POSE_ENCODINGS = ("pidm20", "skeleton_codec")
 PIDM_POSE_CHANNELS = 20
 
@@ -48,6 +61,8 @@ class RePoseConfig:
     guidance_energy: str = "keypoint"  # default energy of PoseGuidance: "keypoint" | "feature"
     guidance_start: float = 0.0  # default guidance window, fractions of sampling progress
     guidance_end: float = 1.0
+    prediction: str = "eps"  # what the network predicts: "eps" (PIDM) | "v"; forward() always returns ε
+    aligned_source_input: bool = False  # ours: RPA-aligned source also concatenated to the UNet input (b2/full)
 
     def __post_init__(self):
         def bad(name: str, what: str):
@@ -74,9 +89,14 @@ class RePoseConfig:
             bad("timesteps", "must be >= 1")
         if self.guidance_energy not in ("keypoint", "feature"):
             bad("guidance_energy", "accepted: 'keypoint', 'feature'")
+        if self.prediction not in PREDICTIONS:
+            bad("prediction", f"accepted: {', '.join(PREDICTIONS)}")
+        if self.aligned_source_input and self.variant == "b1":
+            bad("aligned_source_input", "needs Recurrent Pose Alignment (variant 'b2' or 'full')")
 
         pose = self.pose_channels
-        expect = {"in_channels": channels + pose, "out_channels": 2 * channels, "encoder_in_channels": channels}
+        extra = channels if self.aligned_source_input else 0
+        expect = {"in_channels": channels + pose + extra, "out_channels": 2 * channels, "encoder_in_channels": channels}
         for name, value in expect.items():
             if getattr(self.unet, name) != value:
                 raise InputError(
@@ -157,7 +177,18 @@ def _tiny() -> dict[str, Any]:
                       dropout=0.0, encoder_in_channels=c)
     rpa = RPAConfig(source_channels=c, pose_channels=PIDM_POSE_CHANNELS, downsample=2, depth=24, region_radii=(0, 4, 1),
                     heads_per_region=1, ffn_mult=2, corr_radius=2, iterations=3)
-    return dict(unet=unet, rpa=rpa, codec=codec, image_size=(64, 44), pose_encoding="pidm20")
+    return dict(unet=unet, rpa=rpa, codec=codec, image_size=(64, 44), pose_encoding="pidm20", prediction="v")
+
+
+def _tiny128() -> dict[str, Any]:
+    codec = "unshuffle2"  # 128×88 px -> 12 × 64×44
+    c, _ = codec_spec(codec)
+    unet = UNetConfig(image_size=64, in_channels=c + PIDM_POSE_CHANNELS, model_channels=64, out_channels=2 * c,
+                      num_res_blocks=1, attention_resolutions=(16, 8), channel_mult=(1, 1, 2, 2), embed_channels=128,
+                      dropout=0.0, encoder_in_channels=c)
+    rpa = RPAConfig(source_channels=c, pose_channels=PIDM_POSE_CHANNELS, downsample=2, depth=48, region_radii=(0, 6, 2),
+                    heads_per_region=1, ffn_mult=2, corr_radius=3, iterations=3)  # RPA grid 32×22
+    return dict(unet=unet, rpa=rpa, codec=codec, image_size=(128, 88), pose_encoding="pidm20", prediction="v")
 
 
 def _deepfashion256() -> dict[str, Any]:
@@ -187,7 +218,7 @@ def _market1501() -> dict[str, Any]:
 
 
 _MISSING = object()
-_PRESETS = {"tiny": _tiny, "deepfashion256": _deepfashion256, "deepfashion512": _deepfashion512,
+_PRESETS = {"tiny": _tiny, "tiny128": _tiny128, "deepfashion256": _deepfashion256, "deepfashion512": _deepfashion512,
             "market1501": _market1501}
 CONFIG_NAMES = tuple(_PRESETS)
 
@@ -220,4 +251,10 @@ def get_config(name: str, variant: str = "b2", **overrides) -> RePoseConfig:
     if unknown:
         raise InputError(f"unknown RePoseConfig override(s) {unknown}; accepted: {sorted(known)}")
     fields_.update(overrides)
+    if fields_.get("aligned_source_input"):  # the UNet reads C more input channels (the aligned source)
+        c = codec_spec(fields_["codec"])[0]
+        unet = fields_["unet"]
+        pose = PIDM_POSE_CHANNELS if fields_.get("pose_encoding", "pidm20") == "pidm20" else c
+        if unet.in_channels == c + pose:
+            fields_["unet"] = dataclasses.replace(unet, in_channels=c + pose + c)
     return RePoseConfig(variant=variant, **fields_)

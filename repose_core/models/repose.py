@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -49,6 +50,7 @@ class AppearanceCond:
     flow: Tensor | None = None  # final RPA flow (B, 2, h, w) in pixels of the diffusion space; None for b1
     warped: list[Tensor] = field(default_factory=list)  # warped source per RPA iteration (diffusion space); [] for b1
     previews: list[Tensor] = field(default_factory=list)  # decoded `warped` images in [-1, 1] (decode_previews=True)
+    aligned_source: Tensor | None = None  # W(source; F^N) for the UNet input (config.aligned_source_input), else None
 
     @property
     def batch_size(self) -> int:
@@ -57,11 +59,12 @@ class AppearanceCond:
     def _map(self, fn: Callable[[Tensor], Tensor]) -> "AppearanceCond":
         opt = lambda x: None if x is None else fn(x)  # noqa: E731
         return AppearanceCond([opt(f) for f in self.features], opt(self.flow), [fn(w) for w in self.warped],
-                              [fn(p) for p in self.previews])
+                              [fn(p) for p in self.previews], opt(self.aligned_source))
 
     def features_only(self) -> "AppearanceCond":
-        """What `forward` reads: the features (drops flow / warps / previews, e.g. to batch with `null_cond`)."""
-        return AppearanceCond(features=list(self.features))
+        """What `forward` reads: the features (and the aligned source of models that take it as input); drops the
+        flow / warps / previews, e.g. to batch with `null_cond`."""
+        return AppearanceCond(features=list(self.features), aligned_source=self.aligned_source)
 
     def to(self, device=None, dtype=None) -> "AppearanceCond":
         """Move/cast every tensor (flows keep float32 unless a dtype is given)."""
@@ -187,7 +190,9 @@ class RePoseDM(nn.Module):
             flow = self._pad(rpa.flow, mode="replicate")
             features = [warp(f, resize_flow(flow, f.shape[-2:])) for f in self.net.encode(self._pad(source))]
         previews = [self.codec.decode(w) for w in rpa.warped] if decode_previews else []
-        return AppearanceCond(features=features, flow=rpa.flow, warped=rpa.warped, previews=previews)
+        aligned = rpa.warped[-1] if self.config.aligned_source_input else None
+        return AppearanceCond(features=features, flow=rpa.flow, warped=rpa.warped, previews=previews,
+                              aligned_source=aligned)
 
     def null_cond(self, like: AppearanceCond) -> AppearanceCond:
         """CFG "∅" (PIDM semantics): texture features of an all-zero source of `like`'s size; no flow, no warps.
@@ -197,7 +202,8 @@ class RePoseDM(nn.Module):
         stride = self.net.encoder_feature_strides[0]
         zeros = f0.new_zeros(f0.shape[0], self.config.diffusion_channels, f0.shape[-2] * stride,
                              f0.shape[-1] * stride)
-        return AppearanceCond(features=self.net.encode(zeros))
+        aligned = None if like.aligned_source is None else torch.zeros_like(like.aligned_source)  # W(0; F) = 0
+        return AppearanceCond(features=self.net.encode(zeros), aligned_source=aligned)
 
     def forward(self, x_t: Tensor, t: Tensor, pose_map: Tensor, cond: AppearanceCond) -> Tensor:
         """(B, C, h, w) noisy sample, t (B,) or scalar, pose map (B, P, h, w) -> (B, 2C, h, w): [ε, v]."""
@@ -208,9 +214,37 @@ class RePoseDM(nn.Module):
             raise InputError(f"the appearance condition was prepared for another size (features "
                              f"{tuple(f0.shape[-2:])}, x_t padded to {(H, W)}); call prepare() with a source of "
                              f"x_t's size {tuple(x_t.shape[-2:])}")
-        x = torch.cat([self._pad(x_t), self._pad(pose_map)], dim=1)  # (B, C + P, H, W)
-        out = self.net.denoise(x, t, cond.features)  # (B, 2C, H, W)
-        return out[..., : x_t.shape[-2], : x_t.shape[-1]]
+        inputs = [x_t, pose_map]  # (B, C + P [+ C], H, W)
+        if self.config.aligned_source_input:
+            if cond.aligned_source is None or cond.aligned_source.shape != x_t.shape:
+                raise InputError("this model reads the RPA-aligned source as UNet input (aligned_source_input): pass "
+                                 "the AppearanceCond of model.prepare / model.null_cond (or its features_only())")
+            inputs.append(cond.aligned_source.to(x_t.dtype))
+        out = self.net.denoise(self._pad(torch.cat(inputs, dim=1)), t, cond.features)  # (B, 2C, H, W)
+        out = out[..., : x_t.shape[-2], : x_t.shape[-1]]
+        if self.config.prediction == "v":
+            out = torch.cat([self.eps_from_v(x_t, t, out[:, : x_t.shape[1]]), out[:, x_t.shape[1]:]], dim=1)
+        return out
+
+    def alphas_cumprod_at(self, t: Tensor, like: Tensor) -> Tensor:
+        """ᾱ_t of the model's linear-β schedule as (B, 1, 1, 1) float32 on `like`'s device; fractional t (k-diffusion
+        samplers) interpolates linearly between the neighbouring timesteps."""
+        tables = self.__dict__.setdefault("_abar", {})  # not a buffer: .half() must not round it
+        table = tables.get(like.device)
+        if table is None:
+            from ..diffusion import linear_betas
+            table = torch.from_numpy(np.cumprod(1.0 - linear_betas(self.config.timesteps))).float().to(like.device)
+            tables[like.device] = table
+        t = torch.as_tensor(t, device=like.device).reshape(-1).float().expand(like.shape[0])
+        t = t.clamp(0, table.numel() - 1)
+        low, high = t.floor().long(), t.ceil().long()
+        abar = table[low] + (t - low) * (table[high] - table[low])
+        return abar.view(-1, *([1] * (like.ndim - 1)))
+
+    def eps_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+        """ε = √ᾱ·v + √(1−ᾱ)·x_t (v-parameterisation, Salimans & Ho 2022, eq. in their appendix D)."""
+        abar = self.alphas_cumprod_at(t, x_t)
+        return (abar.sqrt() * v.float() + (1 - abar).sqrt() * x_t.float()).to(v.dtype)
 
     # -- helpers -----------------------------------------------------------------------------------------------
 
