@@ -8,8 +8,9 @@
 #   b1, b2, full, full_aligned, b2_aligned   64x44, preset tiny, the ablation at equal steps (STEPS, default 4000);
 #                                    *_aligned: + the RPA-aligned source as UNet input (our addition)
 #   full_aligned128                  128x88, preset tiny128, trains until MINUTES (the larger shipped model)
-# Every run stops at its step count or after MINUTES (default 5.5) of training, whichever comes first, and saves
-# its EMA (ema.safetensors) and a resumable training state (checkpoints/). Logs: OUT_DIR/logs/<name>.log.
+# MINUTES (default 5.5) is the wall-clock budget of the whole script, data generation included: every run stops at
+# its step count or when the budget is spent (less a margin for loading and saving), whichever comes first, and
+# saves its EMA (ema.safetensors) and a resumable training state (checkpoints/). Logs: OUT_DIR/logs/<name>.log.
 # Each run is its own process (the models are small; one process would leave the GPU idle most of the time).
 # Set PYTHON to choose the interpreter (default python3) and DEVICE=cpu to smoke-test the script on a CPU.
 set -uo pipefail
@@ -21,6 +22,10 @@ PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 IDS=${TRAIN_IDS:-1500}
 mkdir -p "$OUT/data" "$OUT/runs" "$OUT/logs"
+DEADLINE=$(awk -v now="$(date +%s)" -v m="$MINUTES" 'BEGIN { printf "%d", now + m * 60 }')
+minutes_left() {  # training minutes a run launched now may use: to the deadline, less 45 s to load and save
+  awk -v now="$(date +%s)" -v d="$DEADLINE" 'BEGIN { m = (d - now - 45) / 60; printf "%.2f", (m > 0.1 ? m : 0.1) }'
+}
 
 gen() {  # gen SIZE NAME
   [ -f "$OUT/data/$2/dataset.json" ] || "$PY" train/make_synthetic.py --out "$OUT/data/$2" --size "$1" \
@@ -34,13 +39,13 @@ gen128=$!
 # one recipe for every 64x44 run (the ablation compares variants, not recipes)
 COMMON=(--recipe device="$DEVICE" --recipe preload=true --recipe num-workers=2 --recipe batch-size=32
         --recipe lr=1e-3 --recipe warmup-steps=200 --recipe ema-decay=0.999 --recipe ema-warmup-steps=500
-        --recipe log-every=100 --recipe max-minutes="$MINUTES" --recipe save-every=1000)
+        --recipe log-every=100 --recipe save-every=1000)
 
 run() {  # run NAME DATA STEPS ablation-train-args...
   local name=$1 data=$2 steps=$3
   shift 3
   "$PY" train/ablation.py train --out "$OUT/runs/$name" --data-root "$OUT/data/$data" --steps "$steps" \
-      "${COMMON[@]}" "$@" > "$OUT/logs/$name.log" 2>&1
+      "${COMMON[@]}" --recipe max-minutes="$(minutes_left)" "$@" > "$OUT/logs/$name.log" 2>&1
   echo "[gpu_miniatures] $name finished with status $?" | tee -a "$OUT/logs/$name.log"
 }
 
