@@ -1,5 +1,4 @@
 """Recurrent Pose Alignment (paper 3.2): flow utilities, MapFormer regions, correlation volume, learnability."""
-import time
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ from repose_core.models.rpa import (
     RecurrentPoseAlignment,
     RegionAttention,
     RPAConfig,
+    neighbourhood_attention,
     compose_flows,
     correlation_volume,
     region_attention_mask,
@@ -105,20 +105,64 @@ def test_region_mask_restricts_heads_to_chebyshev_regions():
     assert region_attention_mask(4, 4, radii=(0,), heads_per_region=3) is None
 
 
-@pytest.mark.parametrize("head_radii", [(0, 0, 2, 1), (2, 0, 1, 0), (2, 1), (0, 0)])
-def test_region_attention_equals_one_masked_attention_over_all_heads(head_radii):
-    """Global heads unmasked + restricted heads masked == a single masked call (the plain definition)."""
+def masked_reference(q, k, v, radius):
+    """The plain definition: full attention over the (H·W) tokens with the Chebyshev-region mask."""
+    B, h, H, W, d = q.shape
+    mask = region_attention_mask(H, W, (radius,), h)
+    return F.scaled_dot_product_attention(*(t.flatten(2, 3) for t in (q, k, v)), attn_mask=mask).view(B, h, H, W, d)
+
+
+@pytest.mark.parametrize("size,radius", [((5, 6), 2), ((4, 11), 3), ((16, 22), 8), ((7, 22), 1), ((3, 3), 4),
+                                         ((1, 9), 2), ((6, 1), 1)])
+def test_neighbourhood_attention_equals_masked_attention_with_gradients(size, radius):
+    """Borders (fewer keys), radius beyond the map, 1-pixel maps, and the 22-column grid of padded latents."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, *size, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    out, ref = neighbourhood_attention(q, k, v, radius), masked_reference(q, k, v, radius)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_neighbourhood_attention_gradcheck_and_partial_grads():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 4, 5, 3, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    assert torch.autograd.gradcheck(lambda q, k, v: neighbourhood_attention(q, k, v, 2), (q, k, v))
+    k2 = k.detach()  # only some inputs need gradients
+    gq, gv = torch.autograd.grad(neighbourhood_attention(q, k2, v, 1).sum(), (q, v))
+    rq, rv = torch.autograd.grad(masked_reference(q, k2, v, 1).sum(), (q, v))
+    torch.testing.assert_close(gq, rq), torch.testing.assert_close(gv, rv)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_neighbourhood_attention_low_precision(dtype):
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 8, 11, 16, generator=g).to(dtype) for _ in range(3))
+    ref = masked_reference(*(t.double() for t in (q, k, v)), 3)
+    out = neighbourhood_attention(q, k, v, 3)
+    assert out.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
+    with pytest.raises(InputError, match="radius"):
+        neighbourhood_attention(q, k, v, 0)
+
+
+@pytest.mark.parametrize("head_radii", [(0, 0, 2, 1), (2, 0, 1, 0), (2, 1), (0, 0), (1, 3, 1, 0)])
+@pytest.mark.parametrize("impl", ["neighbourhood", "masked"])
+def test_region_attention_equals_one_masked_attention_over_all_heads(head_radii, impl):
+    """Both implementations (global heads through SDPA, restricted heads grouped by radius and put back in head
+    order) == a single masked call over all heads (the plain definition)."""
     torch.manual_seed(0)
     attn = RegionAttention(16, head_radii)
+    attn.impl = impl
     x, ctx = torch.randn(2, 20, 16), torch.randn(2, 20, 16)
-    restricted = tuple(r for r in head_radii if r)
-    mask = region_attention_mask(4, 5, restricted, 1) if restricted else None
     full = region_attention_mask(4, 5, head_radii, 1)
     q = attn.to_q(x).view(2, 20, len(head_radii), -1).transpose(1, 2)
     k, v = (t.view(2, 20, len(head_radii), -1).transpose(1, 2) for t in attn.to_kv(ctx).chunk(2, dim=-1))
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=full)
     ref = attn.proj(ref.transpose(1, 2).reshape(2, 20, 16))
-    torch.testing.assert_close(attn(x, ctx, mask), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attn(x, ctx, (4, 5)), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_correlation_volume_channels_and_peak_at_the_shift():
@@ -164,6 +208,54 @@ def test_rpa_shapes_identity_init_and_determinism(warp_space):
     assert a.flow.abs().max() > 0
     assert torch.equal(a.flow, b.flow) and all(torch.equal(x, y) for x, y in zip(a.warped, b.warped))
     assert len(rpa(src, pose, iterations=1).flows) == 1
+
+
+@pytest.mark.parametrize("size,radii,heads", [((32, 44), (0, 4, 1), 1), ((20, 27), (0, 8, 3), 2), ((14, 11), (2,), 2)])
+def test_rpa_neighbourhood_heads_equal_the_masked_reference(size, radii, heads):
+    """Whole RPA (MapFormer inside the recurrence) with gradients: the neighbourhood implementation and the L×L
+    masked reference give the same flows and parameter gradients. (32, 44) is a 16×22 RPA grid (512×352 latents);
+    odd sizes are padded to the downsampling inside."""
+    torch.manual_seed(0)
+    rpa = RecurrentPoseAlignment(tiny_cfg(depth=12 * heads, region_radii=radii, heads_per_region=heads,
+                                          iterations=2)).double()
+    with torch.no_grad():
+        rpa.aggregator.conv2.weight.normal_(0, 0.05)  # non-trivial flows, so the recurrence depends on attention
+    src, pose = torch.randn(2, 3, *size, dtype=torch.float64), torch.rand(2, 5, *size, dtype=torch.float64)
+    results = []
+    for impl in ("neighbourhood", "masked"):
+        rpa.set_attention_impl(impl)
+        rpa.zero_grad()
+        out = rpa(src, pose)
+        rpa_warp_loss(out, pose[:, :3]).backward()
+        results.append((out.flow.detach(), {n: p.grad.clone() for n, p in rpa.named_parameters()}))
+    (flow_a, grads_a), (flow_b, grads_b) = results
+    assert flow_a.abs().max() > 0
+    torch.testing.assert_close(flow_a, flow_b, atol=1e-9, rtol=1e-9)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-9, rtol=1e-7, msg=name)
+    with pytest.raises(InputError, match="impl"):
+        rpa.set_attention_impl("dense")
+
+
+def test_rpa_parameter_layout_is_unchanged():
+    """Shipped and in-training checkpoints load with strict=True: the attention implementation adds no parameters
+    or buffers. Keys and shapes of the MapFormer as they were with the masked implementation."""
+    rpa = RecurrentPoseAlignment(tiny_cfg(depth=16, region_radii=(0, 2), heads_per_region=1))
+    shapes = {k: tuple(v.shape) for k, v in rpa.state_dict().items() if k.startswith("mapformer.self_attn.")}
+    assert shapes == {
+        "mapformer.self_attn.attn.to_q.weight": (16, 16), "mapformer.self_attn.attn.to_q.bias": (16,),
+        "mapformer.self_attn.attn.to_kv.weight": (32, 16), "mapformer.self_attn.attn.to_kv.bias": (32,),
+        "mapformer.self_attn.attn.proj.weight": (16, 16), "mapformer.self_attn.attn.proj.bias": (16,),
+        "mapformer.self_attn.norm1.weight": (16,), "mapformer.self_attn.norm1.bias": (16,),
+        "mapformer.self_attn.ffn.0.weight": (32, 16), "mapformer.self_attn.ffn.0.bias": (32,),
+        "mapformer.self_attn.ffn.2.weight": (16, 32), "mapformer.self_attn.ffn.2.bias": (16,),
+        "mapformer.self_attn.norm2.weight": (16,), "mapformer.self_attn.norm2.bias": (16,),
+    }
+    assert len(rpa.state_dict()) == 52
+    before = set(rpa.state_dict())
+    rpa.set_attention_impl("masked")
+    rpa(torch.zeros(1, 3, 8, 8), torch.zeros(1, 5, 8, 8))
+    assert set(rpa.state_dict()) == before
 
 
 def test_rpa_bad_inputs_are_named():
@@ -225,8 +317,7 @@ def _train_and_check_displacement():
                     iterations=2)
     rpa = RecurrentPoseAlignment(cfg)
     opt = torch.optim.Adam(rpa.parameters(), lr=3e-3)
-    start = time.process_time()
-    for _ in range(150):
+    for _ in range(150):   # the budget is this fixed step count, not a clock: the test measures behaviour only
         src, tgt, _ = textured_pairs(8, 24, 3, gen)
         loss = rpa_warp_loss(rpa(src, tgt), tgt)
         opt.zero_grad()
@@ -238,4 +329,3 @@ def _train_and_check_displacement():
     err = (flow + d).norm(dim=1).mean().item()
     shift = d.norm(dim=1).mean().item()
     assert err < 0.35 * shift, f"mean flow error {err:.2f} px vs mean shift {shift:.2f} px"
-    assert time.process_time() - start < 60  # CPU seconds; ~6 s unloaded

@@ -21,10 +21,11 @@ Warp spaces (`RPAConfig.warp_space`), what each costs per iteration beyond the M
 - "feature": warp the RPA source features of the unwarped source directly with F^n at RPA resolution (one
   grid_sample at RPA resolution); the source encoder runs once. Cheaper, but details lost by the encoder's
   downsampling are not recovered after warping.
-Measured (bench/bench_rpa.py, CPU, 1 thread, N = 5, in units of one UNet forward at the same resolution):
-deepfashion256 (RPA grid 64×44) image 0.91, feature 0.80; tiny 1.24 for both. The MapFormer's attention dominates
-(~80 %): global heads run unmasked; restricted heads use a boolean mask (cached per grid size), which on CPU is
-about 9× slower per head than unmasked attention.
+MapFormer attention: global heads run full attention through torch SDPA (flash / memory-efficient kernels); the
+region-restricted heads attend over their (2r+1)² neighbourhoods only (`neighbourhood_attention`), so their memory
+grows with L·(2r+1)², not L² (L = h·w tokens). `RegionAttention.impl = "masked"` keeps the plain L×L masked
+definition as the reference; both give the same outputs with the same parameters (tests/test_rpa.py). Time and
+memory of both: bench/bench_rpa.py.
 """
 from __future__ import annotations
 
@@ -183,7 +184,8 @@ def region_attention_mask(height: int, width: int, radii: tuple[int, ...], heads
 
     Head group g only sees keys within Chebyshev distance radii[g] of the query (0 = everywhere): the paper's
     region-specific attention, global -> non-local -> local, with the heads split between the regions.
-    Returns None when every region is global (no restriction)."""
+    Returns None when every region is global (no restriction). This is the plain definition: `RegionAttention`
+    uses it only with `impl="masked"` (the reference the neighbourhood implementation is tested against)."""
     if all(r == 0 for r in radii):
         return None
     ys, xs = torch.meshgrid(torch.arange(height, device=device, dtype=torch.int32),
@@ -194,39 +196,178 @@ def region_attention_mask(height: int, width: int, radii: tuple[int, ...], heads
     return torch.stack(masks).repeat_interleave(heads_per_region, dim=0)  # (heads, L, L)
 
 
+def _row_bands(x_pad: Tensor, height: int, k: int) -> Tensor:
+    """(B, h, H, k·W_p, d) view of x_pad (B, h, H + k - 1, W_p, d): band y = padded rows y .. y + k - 1, i.e. every
+    key that can be a neighbour of a query in row y (rows are contiguous, so each band is one block; no copy)."""
+    B, h, _, Wp, d = x_pad.shape
+    sB, sh, sy, sx, sd = x_pad.stride()
+    assert sx == d * sd and sy == Wp * sx, "x_pad must be contiguous in its last three dims"
+    return x_pad.as_strided((B, h, height, k * Wp, d), (sB, sh, sy, sx, sd), x_pad.storage_offset())
+
+
+def _diagonal_band(full: Tensor, width: int, k: int) -> Tensor:
+    """(B, h, H, W, k, k) view of full (B, h, H, W, k, W_p) (contiguous): [.., x, j, i] = full[.., x, j, x + i], i.e.
+    the k columns of padded key row j that lie within the query's neighbourhood."""
+    B, h, H, W, _, Wp = full.shape
+    sB, sh, sy, sx, sj, si = full.stride()
+    return full.as_strided((B, h, H, W, k, k), (sB, sh, sy, sx + si, sj, si), full.storage_offset())
+
+
+def _outside_mask(height: int, width: int, radius: int, device) -> Tensor:
+    """(H, W, k, k) bool, True where neighbour (y + j - r, x + i - r) of (y, x) lies outside the map."""
+    off = torch.arange(-radius, radius + 1, device=device)
+    ys = torch.arange(height, device=device)[:, None] + off  # (H, k)
+    xs = torch.arange(width, device=device)[:, None] + off  # (W, k)
+    inside = ((ys >= 0) & (ys < height))[:, None, :, None] & ((xs >= 0) & (xs < width))[None, :, None, :]
+    return ~inside
+
+
+class _NeighbourhoodAttention(torch.autograd.Function):
+    """softmax(q·k/√d) v over the k² = (2r+1)² keys within Chebyshev distance r of each query (keys outside the map
+    do not exist, as in the masked definition). q, k, v: (B, h, H, W, d) -> (B, h, H, W, d).
+
+    Per query row y, one matrix product with the band of padded key rows y-r .. y+r gives (W, k·W_p) scores, of
+    which the diagonal band of width k is kept (W_p = W + 2r: (W_p / k)× the needed flops, but plain GEMMs and no
+    (2r+1)²-fold copies of the keys). Only q, k, v and the (B, h, H, W, k, k) probabilities are saved: memory grows
+    with L·k², never L²; the (W, k·W_p) products are transient and rebuilt by the backward pass."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, radius: int) -> Tensor:
+        B, h, H, W, d = q.shape
+        kk, Wp = 2 * radius + 1, W + 2 * radius
+        pad = (0, 0, radius, radius, radius, radius)
+        k_band = _row_bands(F.pad(k, pad), H, kk)  # (B, h, H, k·W_p, d)
+        full = torch.matmul(q, k_band.transpose(-1, -2)).view(B, h, H, W, kk, Wp)
+        scores = _diagonal_band(full, W, kk).mul(d ** -0.5)  # (B, h, H, W, k, k)
+        del full
+        scores.masked_fill_(_outside_mask(H, W, radius, q.device), float("-inf"))
+        softmax_dtype = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+        probs = torch.softmax(scores.flatten(-2), dim=-1, dtype=softmax_dtype).to(q.dtype).view_as(scores)
+        del scores
+        out = torch.matmul(_band_to_full(probs, Wp).flatten(-2), _row_bands(F.pad(v, pad), H, kk))  # (B,h,H,W,d)
+        ctx.save_for_backward(q, k, v, probs)
+        ctx.radius = radius
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        q, k, v, probs = ctx.saved_tensors
+        r = ctx.radius
+        B, h, H, W, d = q.shape
+        kk, Wp = 2 * r + 1, W + 2 * r
+        pad = (0, 0, r, r, r, r)
+        k_band, v_band = _row_bands(F.pad(k, pad), H, kk), _row_bands(F.pad(v, pad), H, kk)
+        grad_out = grad_out.contiguous()
+        grad_p = _diagonal_band(torch.matmul(grad_out, v_band.transpose(-1, -2)).view(B, h, H, W, kk, Wp), W, kk)
+        # softmax backward: dS = P (dP - Σ P dP) (outside keys have P = 0, so dS = 0 there), times the 1/√d scale
+        grad_s = probs * (grad_p - (probs * grad_p).sum(dim=(-2, -1), keepdim=True)) * d ** -0.5
+        del grad_p
+        grad_s_full = _band_to_full(grad_s, Wp).flatten(-2)  # (B, h, H, W, k·W_p)
+        del grad_s
+        grad_q = torch.matmul(grad_s_full, k_band) if ctx.needs_input_grad[0] else None
+        grad_k = grad_v = None
+        if ctx.needs_input_grad[1]:
+            grad_k = _fold_bands(torch.matmul(grad_s_full.transpose(-1, -2), q), H, W, r)
+        if ctx.needs_input_grad[2]:
+            grad_v = _fold_bands(torch.matmul(_band_to_full(probs, Wp).flatten(-2).transpose(-1, -2), grad_out),
+                                 H, W, r)
+        return grad_q, grad_k, grad_v, None
+
+
+def _band_to_full(band: Tensor, Wp: int) -> Tensor:
+    """Inverse of `_diagonal_band`: (B, h, H, W, k, k) -> (B, h, H, W, k, W_p), zero off the band."""
+    B, h, H, W, kk, _ = band.shape
+    full = band.new_zeros(B, h, H, W, kk, Wp)
+    _diagonal_band(full, W, kk).copy_(band)
+    return full
+
+
+def _fold_bands(grad_band: Tensor, height: int, width: int, radius: int) -> Tensor:
+    """Adjoint of `_row_bands` + padding: (B, h, H, k·W_p, d) per-band gradients -> (B, h, H, W, d)."""
+    B, h, H, _, d = grad_band.shape
+    kk, Wp = 2 * radius + 1, width + 2 * radius
+    grad_band = grad_band.view(B, h, H, kk, Wp, d)
+    grad_pad = grad_band.new_zeros(B, h, H + 2 * radius, Wp, d)
+    for j in range(kk):  # band y covers padded rows y .. y + 2r: row j of every band is padded row y + j
+        grad_pad[:, :, j:j + H] += grad_band[:, :, :, j]
+    return grad_pad[:, :, radius:radius + height, radius:radius + width]
+
+
+def neighbourhood_attention(q: Tensor, k: Tensor, v: Tensor, radius: int) -> Tensor:
+    """Attention of every query over the keys within Chebyshev distance `radius` on the (H, W) grid.
+
+    q, k, v: (B, heads, H, W, d) -> (B, heads, H, W, d). Equal to `F.scaled_dot_product_attention` with the mask of
+    `region_attention_mask` (tested), in O(L·(2r+1)²) memory instead of O(L²)."""
+    if radius < 1:
+        raise InputError(f"neighbourhood_attention: radius must be >= 1, got {radius}")
+    return _NeighbourhoodAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), int(radius))
+
+
+ATTENTION_IMPLS = ("neighbourhood", "masked")
+
+
 class RegionAttention(nn.Module):
     """Multi-head attention whose heads are restricted to regions (scaled dot-product, 1/√d).
 
-    `head_radii[i]` is head i's region radius (0 = global). Global heads run unmasked and the restricted heads with
-    the boolean mask of `region_attention_mask(h, w, <their radii>)`: the same result as one masked call over all
-    heads, but unmasked attention takes the fast kernels (about 9× faster per head on CPU)."""
+    `head_radii[i]` is head i's region radius (0 = global). Global heads run full attention through torch's SDPA
+    (flash / memory-efficient kernels, no L×L scores kept). Restricted heads, grouped by radius, attend over their
+    (2r+1)² neighbourhoods only (`neighbourhood_attention`). `impl = "masked"` instead runs them as full attention
+    with the boolean (heads, L, L) mask of `region_attention_mask` — the plain definition, kept as the reference
+    for tests and benchmarks. Both give the same output with the same parameters."""
 
     def __init__(self, depth: int, head_radii: tuple[int, ...]):
         super().__init__()
         self.num_heads = len(head_radii)
+        self.head_radii = tuple(head_radii)
         self.global_heads = [i for i, r in enumerate(head_radii) if r == 0]
         self.restricted_heads = [i for i, r in enumerate(head_radii) if r != 0]
-        order = self.global_heads + self.restricted_heads
+        self.radius_groups = {r: [i for i, ri in enumerate(head_radii) if ri == r]
+                              for r in sorted(set(head_radii)) if r != 0}
+        order = self.global_heads + [i for heads in self.radius_groups.values() for i in heads]  # output order
         self._unpermute = None if order == sorted(order) else [order.index(i) for i in range(self.num_heads)]
+        self.impl = "neighbourhood"  # not a parameter: switching it never changes the state dict
+        self._mask_cache: tuple[tuple, Tensor | None] | None = None  # impl="masked": mask of the last grid size
         self.to_q = nn.Linear(depth, depth)
         self.to_kv = nn.Linear(depth, 2 * depth)
         self.proj = nn.Linear(depth, depth)
 
-    def forward(self, queries: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
-        """mask: (len(restricted_heads), L, L) boolean, True = may attend; None when no head is restricted."""
+    def forward(self, queries: Tensor, context: Tensor, size: tuple[int, int]) -> Tensor:
+        """queries, context: (B, L, D) tokens of an (H, W) = `size` grid, row-major (L = H·W)."""
+        H, W = size
         q = rearrange(self.to_q(queries), "b l (h d) -> b h l d", h=self.num_heads)
         k, v = rearrange(self.to_kv(context), "b l (two h d) -> two b h l d", two=2, h=self.num_heads)
-        if not self.restricted_heads or mask is None:
+        if not self.restricted_heads:
             out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, d)
-        elif not self.global_heads:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
-            g, r = self.global_heads, self.restricted_heads
-            out = torch.cat([F.scaled_dot_product_attention(q[:, g], k[:, g], v[:, g]),
-                             F.scaled_dot_product_attention(q[:, r], k[:, r], v[:, r], attn_mask=mask)], dim=1)
+            if self.impl == "masked":
+                parts = [self._masked(q, k, v, H, W)]
+            elif self.impl == "neighbourhood":
+                parts = [self._neighbourhood(q, k, v, H, W, r, heads) for r, heads in self.radius_groups.items()]
+            else:
+                raise InputError(f"RegionAttention.impl must be one of {ATTENTION_IMPLS}, got {self.impl!r}")
+            if self.global_heads:
+                g = self.global_heads
+                parts.insert(0, F.scaled_dot_product_attention(q[:, g], k[:, g], v[:, g]))
+            out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
             if self._unpermute is not None:
                 out = out[:, self._unpermute]
         return self.proj(rearrange(out, "b h l d -> b l (h d)"))
+
+    def _neighbourhood(self, q, k, v, H, W, radius, heads) -> Tensor:
+        grid = lambda t: rearrange(t[:, heads], "b h (y x) d -> b h y x d", y=H, x=W)  # noqa: E731
+        out = neighbourhood_attention(grid(q), grid(k), grid(v), radius)
+        return rearrange(out, "b h y x d -> b h (y x) d")
+
+    def _masked(self, q, k, v, H, W) -> Tensor:
+        r = self.restricted_heads
+        key = (H, W, str(q.device))
+        if self._mask_cache is None or self._mask_cache[0] != key:
+            radii = tuple(self.head_radii[i] for i in r)
+            self._mask_cache = (key, region_attention_mask(H, W, radii, 1, q.device))
+        # restricted heads are ordered by head index here; regroup to the radius-group order of the other impl
+        out = F.scaled_dot_product_attention(q[:, r], k[:, r], v[:, r], attn_mask=self._mask_cache[1])
+        grouped = [i for heads in self.radius_groups.values() for i in heads]
+        return out[:, [r.index(i) for i in grouped]] if grouped != r else out
 
 
 class MapFormerBlock(nn.Module):
@@ -239,8 +380,8 @@ class MapFormerBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(depth, ffn_mult * depth), nn.GELU(), nn.Linear(ffn_mult * depth, depth))
         self.norm2 = nn.LayerNorm(depth)
 
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None) -> Tensor:
-        x = self.norm1(x + self.attn(x, context, mask))
+    def forward(self, x: Tensor, context: Tensor, size: tuple[int, int]) -> Tensor:
+        x = self.norm1(x + self.attn(x, context, size))
         return self.norm2(x + self.ffn(x))
 
 
@@ -253,12 +394,12 @@ class MapFormer(nn.Module):
         self.self_attn = MapFormerBlock(cfg.depth, cfg.head_radii, cfg.ffn_mult)
         self.cross_attn = MapFormerBlock(cfg.depth, cfg.head_radii, cfg.ffn_mult)
 
-    def forward(self, source_feat: Tensor, target_feat: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(self, source_feat: Tensor, target_feat: Tensor) -> tuple[Tensor, Tensor]:
         h, w = source_feat.shape[-2:]
         s = rearrange(source_feat, "b d h w -> b (h w) d")
         t = rearrange(target_feat, "b d h w -> b (h w) d")
-        s = self.self_attn(s, s, mask)  # F_S'
-        t = self.cross_attn(t, s, mask)  # F_T': pose queries, source keys/values
+        s = self.self_attn(s, s, (h, w))  # F_S'
+        t = self.cross_attn(t, s, (h, w))  # F_T': pose queries, source keys/values
         to_map = lambda z: rearrange(z, "b (h w) d -> b d h w", h=h, w=w)  # noqa: E731
         return to_map(s), to_map(t)
 
@@ -311,18 +452,15 @@ class RecurrentPoseAlignment(nn.Module):
         self.pose_encoder = ConvEncoder(cfg.pose_channels, cfg.depth, cfg.downsample)
         self.mapformer = MapFormer(cfg)
         self.aggregator = PoseAggregator(cfg.corr_channels, cfg.depth)
-        self._mask_cache: tuple[tuple, Tensor | None] | None = None  # last region mask: built once per grid size
 
-    def attention_mask(self, height: int, width: int, device) -> Tensor | None:
-        """Mask of the restricted (non-global) heads on the RPA grid, as `RegionAttention` takes it. Cached: it only
-        depends on the grid size and the config."""
-        restricted = tuple(r for r in self.cfg.region_radii if r != 0)
-        key = (height, width, str(device), restricted, self.cfg.heads_per_region)
-        if self._mask_cache is None or self._mask_cache[0] != key:
-            mask = region_attention_mask(height, width, restricted, self.cfg.heads_per_region, device) \
-                if restricted else None
-            self._mask_cache = (key, mask)
-        return self._mask_cache[1]
+    def set_attention_impl(self, impl: str) -> None:
+        """"neighbourhood" (default, O(L·(2r+1)²) memory) or "masked" (the L×L reference); same outputs, same
+        parameters: the choice is not stored in the state dict."""
+        if impl not in ATTENTION_IMPLS:
+            raise InputError(f"RPA attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+        for block in (self.mapformer.self_attn, self.mapformer.cross_attn):
+            block.attn.impl = impl
+            block.attn._mask_cache = None
 
     def forward(self, source: Tensor, pose_map: Tensor, iterations: int | None = None,
                 progress: Callable[[int, int], None] | None = None) -> RPAOutput:
@@ -342,7 +480,6 @@ class RecurrentPoseAlignment(nn.Module):
         target_feat = self.pose_encoder(pose_p)  # F_T, (B, D, h, w)
         source_feat0 = self.source_encoder(src_p)  # F_S = Encoder(I_S)
         h, w = target_feat.shape[-2:]
-        mask = self.attention_mask(h, w, source.device)
 
         flow_lr = torch.zeros(source.shape[0], 2, h, w, device=source.device)  # F^0 = identity; float32 flows
         out = RPAOutput(flow=None)  # type: ignore[arg-type]
@@ -353,7 +490,7 @@ class RecurrentPoseAlignment(nn.Module):
                     source_feat = self.source_encoder(warped_p)
                 else:
                     source_feat = warp(source_feat0, flow_lr)
-            fs, ft = self.mapformer(source_feat, target_feat, mask)  # eq. 5
+            fs, ft = self.mapformer(source_feat, target_feat)  # eq. 5
             delta = self.aggregator(correlation_volume(ft, fs, cfg.corr_radius))  # eq. 6 -> ΔF^{n+1}
             flow_lr = compose_flows(flow_lr, delta)  # eq. 7: F^{n+1} = F^n ∘ ΔF^{n+1}
             flow_p = upsample_flow(flow_lr, s)  # (B, 2, H+pad_h, W+pad_w), diffusion pixels
