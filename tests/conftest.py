@@ -4,7 +4,6 @@ Run the suite with `bash run.sh test` (it builds the environment and the ComfyUI
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -34,8 +33,6 @@ def repo_root() -> Path:
 # Reference fixtures (see tests/data/fixtures/README.md). The small ones live in the repository, so a fresh clone runs
 # every test; the 65 MB HigherHRNet-W32 fixture stays in ../shared/fixtures beside the checkout.
 FIXTURES = REPO_ROOT / "tests" / "data" / "fixtures"
-SHARED_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures"
-W32_FIXTURE = SHARED_FIXTURES / "higherhrnet_w32_mmpose.safetensors"
 
 
 @pytest.fixture(scope="session")
@@ -49,14 +46,3 @@ def shared_fixtures() -> Path:
                     f"part of the repository (git checkout them again)", pytrace=False)
     return FIXTURES
 
-
-def require_w32_fixture() -> Path:
-    """../shared/fixtures/higherhrnet_w32_mmpose.safetensors. Absent: the test is skipped on a user's clone, and fails
-    in CI (CI=true), which must always run the W32 parity tests."""
-    if W32_FIXTURE.is_file():
-        return W32_FIXTURE
-    msg = (f"HigherHRNet-W32 reference fixture not found: {W32_FIXTURE} (65 MB, kept outside the repository in "
-           f"../shared/fixtures next to the checkout {REPO_ROOT})")
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(msg + "; CI must run the W32 parity tests", pytrace=False)
-    pytest.skip(msg)

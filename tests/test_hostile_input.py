@@ -236,3 +236,9 @@ def test_plausibility_catches_unit_mix_ups():
     one_joint = np.zeros((18, 3))
     one_joint[0] = [5, 5, 1]
     check_pose_plausible(_pose(one_joint.ravel()))   # a single visible joint is not judged by its extent
+
+
+def test_full_pidm_map_has_its_own_bound():
+    with pytest.raises(InputError, match=r"2049x2048 .*2048 x 2048"):
+        render_pidm_pose_map(_pose(), 2048, 2049)
+    assert render_pidm_pose_map(_pose(), 2048, 2049, rgb_only=True).shape == (2048, 2049, 3)   # RGB: the wider bound

@@ -37,6 +37,9 @@ PIDM_CHANNELS = 3 + len(OPENPOSE18_LIMBS)   # 20
 # Memory bound of every renderer: a pose image is drawn at most at this many pixels (4096 x 4096); the PIDM map
 # needs ~60 bytes per pixel on the way (20 float32 channels plus the distance transform), i.e. ~1 GB at the bound.
 MAX_RENDER_PIXELS = 4096 * 4096
+# The full 20-channel PIDM map costs ~430 bytes per pixel on the way (17 limb masks and their float64 distance
+# transforms): bounded further, 2048 x 2048 (a transfer renders it at the source size, itself bounded by the model).
+MAX_PIDM_MAP_PIXELS = 2048 * 2048
 # Joints further than this many canvas sizes off the canvas are refused (PIL cannot draw them, and they are never
 # a real pose: a unit mix-up or a corrupt file).
 FAR_OFF_CANVAS = 64
@@ -256,6 +259,10 @@ def render_pidm_pose_map(pose, H: int, W: int, *, return_empty_flag: bool = Fals
     With `return_empty_flag=True` returns (map, empty) where empty tells that no joint was drawn.
     `rgb_only=True` returns just channels 0-2 (H, W, 3), without the distance maps (a fraction of the memory)."""
     H, W = _check_size(H, W)
+    if not rgb_only and H * W > MAX_PIDM_MAP_PIXELS:
+        raise InputError(f"PIDM pose map size {W}x{H} (W x H) is {H * W:,} pixels, more than the "
+                         f"{MAX_PIDM_MAP_PIXELS:,} (2048 x 2048) its 20 channels are computed at; use the model's "
+                         f"image size")
     people = people_of(pose, name="pose")
     if len(people) > 1:
         log.warning("render_pidm_pose_map: %d people given, PIDM draws one; using the first", len(people))

@@ -222,6 +222,80 @@ class ComfyServer:
         return [roots[i["type"]] / i.get("subfolder", "") / i["filename"] for i in images]
 
 
+class ProgressWatcher:
+    """The server's websocket messages for one client id, collected by a background thread (aiohttp, which ComfyUI
+    itself depends on). Connect before posting the prompt: the server does not replay messages.
+
+        with ProgressWatcher(server) as watch:
+            pid = server.post_prompt(prompt, client_id=watch.client_id)
+            watch.wait_for(lambda m: m["type"] == "progress" and m["data"]["node"] == "5")
+    """
+
+    def __init__(self, server: "ComfyServer"):
+        import threading
+
+        self.server, self.client_id = server, uuid.uuid4().hex
+        self.messages: list[dict] = []
+        self._cond = threading.Condition()
+        self._connected = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        import asyncio
+
+        import aiohttp
+
+        async def main():
+            url = self.server.url(f"/ws?clientId={self.client_id}").replace("http://", "ws://", 1)
+            async with aiohttp.ClientSession() as session, session.ws_connect(url, heartbeat=30) as ws:
+                self._connected.set()
+                while not self._stop.is_set():
+                    try:
+                        msg = await ws.receive(timeout=0.5)
+                    except asyncio.TimeoutError:
+                        continue
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        with self._cond:
+                            self.messages.append(json.loads(msg.data))
+                            self._cond.notify_all()
+                    elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                        break
+
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # reported by wait_for
+            self._error = e
+            self._connected.set()
+
+    def __enter__(self) -> "ProgressWatcher":
+        self._thread.start()
+        if not self._connected.wait(60) or self._error is not None:
+            raise ComfyError(f"could not open the websocket: {self._error!r}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def wait_for(self, predicate, timeout: float = 300.0) -> dict:
+        """The first message (so far or to come) for which predicate(message) is true; ComfyError on timeout."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cond:
+            while True:
+                for m in self.messages[seen:]:
+                    if predicate(m):
+                        return m
+                seen = len(self.messages)
+                left = deadline - time.monotonic()
+                if left <= 0 or self._error is not None:
+                    raise ComfyError(f"no matching websocket message within {timeout:.0f} s (error {self._error!r}); "
+                                     f"last: {self.messages[-3:]}\n{self.server.log_tail()}")
+                self._cond.wait(min(left, 1.0))
+
+
 def execution_error(entry: dict) -> dict | None:
     """The 'execution_error' message data of a history entry (exception_type, exception_message, node_type ...)."""
     for kind, data in entry.get("status", {}).get("messages", []):

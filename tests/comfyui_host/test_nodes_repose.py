@@ -13,7 +13,7 @@ import requests
 from PIL import Image
 
 import repose_tiny_models as tiny
-from comfy_harness import execution_error
+from comfy_harness import ProgressWatcher, execution_error
 
 W, H = 44, 64  # the tiny preset's image size
 MODEL = "test_tiny_full.safetensors"
@@ -171,15 +171,12 @@ def test_error_missing_model_file_names_the_folder(models):
 
 
 def test_interrupt_mid_sampling_then_next_prompt_succeeds(models):
-    # 10000 steps take minutes even on the tiny model, so the interrupt always lands inside sampling.
-    pid = models.post_prompt(transfer_prompt(steps=10000, seed=int(time.time()) + 1))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:   # wait until sampling is under way (the prompt is running)
-        queue = models.get_json("/queue")
-        if any(item[1] == pid for item in queue.get("queue_running", [])):
-            break
-        time.sleep(0.2)
-    time.sleep(2.0)   # past model loading and RPA (cached from earlier prompts), into the sampling loop
+    # Interrupt only once the sampler node has reported sampling progress (websocket "progress" of node 5), so the
+    # interrupt lands inside sampling however slow the machine; 10000 steps keep it there for minutes.
+    with ProgressWatcher(models) as watch:
+        pid = models.post_prompt(transfer_prompt(steps=10000, seed=int(time.time()) + 1), client_id=watch.client_id)
+        watch.wait_for(lambda m: m.get("type") == "progress" and m["data"].get("prompt_id") == pid
+                       and m["data"].get("node") == "5" and m["data"].get("value", 0) >= 1, timeout=600)
     models.interrupt()
     entry = models.wait_history(pid, timeout=300)
     kinds = [kind for kind, _ in entry["status"]["messages"]]
