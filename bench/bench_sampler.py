@@ -1,8 +1,8 @@
 """Sampler overhead: time per sampling step / time of one bare model forward (goal ≤ 1.05).
 
-For DDIM, DDPM (learned variance, respaced), the k-diffusion adapter + Euler, and DDIM through the batched CFG
-eps_fn, it measures
-  forward_ms   one bare forward of the model the sampler calls (for CFG: the batch-2B forward),
+For DDIM, DDPM (learned variance, respaced), the k-diffusion adapter + Euler, and DDIM through the CFG eps_fn
+(batched: one forward of 2B; sequential: two forwards of B), it measures
+  forward_ms   one bare forward of the model the sampler calls (for CFG: the batch-2B forward, or both B forwards),
   overhead_ms  sampler time per step with a zero-cost eps_fn that returns a cached model output,
   ratio        (forward_ms + overhead_ms) / forward_ms       — the figure the goal refers to,
   direct_ratio measured step time with the real model / forward_ms (same quantity, but noisy on shared cores).
@@ -67,7 +67,7 @@ def bench_case(name, forward, sampler, eps_fn, free_eps, steps, repeats):
     return row
 
 
-def bench_model(label, eps_fn, x, diffusion, steps, repeats, cfg=None):
+def bench_model(label, eps_fn, x, diffusion, steps, repeats):
     t = torch.full((x.shape[0],), 500, dtype=torch.long)
     cached_out = eps_fn(x, t)
     cached = lambda x_t, t_: cached_out  # noqa: E731
@@ -83,11 +83,6 @@ def bench_model(label, eps_fn, x, diffusion, steps, repeats, cfg=None):
     rows.append(bench_case(f"{label} k-diffusion euler", forward,
                            lambda f: sample_euler(EpsDenoiser(f, diffusion), x * sigmas[0], sigmas),
                            eps_fn, cached, steps, repeats))
-    if cfg is not None:
-        cfg_eps_fn, cfg_free_eps, batched_forward = cfg
-        rows.append(bench_case(f"{label} ddim + batched cfg", batched_forward,
-                               lambda f: ddim_sample(f, x, diffusion, steps=steps), cfg_eps_fn, cfg_free_eps, steps,
-                               repeats))
     return rows
 
 
@@ -98,14 +93,21 @@ def tiny_conv_rows(diffusion, steps, repeats):
     cond, null = {"bias": torch.ones(B)}, {"bias": torch.zeros(B)}
     pose = torch.zeros(B, 1, 1, 1)
     eps_fn = lambda x_t, t: model(x_t, t, pose, cond)  # noqa: E731
-    cfg_eps_fn = make_eps_fn(model, pose, cond, null, w=2.0)
     x2, t2, p2 = torch.cat([x, x]), torch.full((2 * B,), 500, dtype=torch.long), torch.cat([pose, pose])
     both = {"bias": torch.cat([cond["bias"], null["bias"]])}
-    batched_forward = lambda: model(x2, t2, p2, both)  # noqa: E731
-    cached_2b = batched_forward()
-    cfg_free_eps = make_eps_fn(lambda *args: cached_2b, pose, cond, null, w=2.0)   # batching + combine, no model
-    return bench_model("tiny-conv 2x3x64x64", eps_fn, x, diffusion, steps, repeats,
-                       cfg=(cfg_eps_fn, cfg_free_eps, batched_forward))
+    t1 = torch.full((B,), 500, dtype=torch.long)
+    forwards = {"batched": lambda: model(x2, t2, p2, both),  # noqa: E731
+                "sequential": lambda: (model(x, t1, pose, cond), model(x, t1, pose, null))}  # noqa: E731
+    cached = {"batched": forwards["batched"](), "sequential": forwards["sequential"]()[0]}
+    rows = bench_model("tiny-conv 2x3x64x64", eps_fn, x, diffusion, steps, repeats)
+    for how in ("batched", "sequential"):  # the CFG passes as one batch of 2B, or two of B
+        cfg_eps_fn = make_eps_fn(model, pose, cond, null, w=2.0, batching=how)
+        # batching + combine around a zero-cost model: pure overhead
+        cfg_free_eps = make_eps_fn(lambda *a, out=cached[how]: out, pose, cond, null, w=2.0, batching=how)
+        rows.append(bench_case(f"tiny-conv 2x3x64x64 ddim + {how} cfg", forwards[how],
+                               lambda f: ddim_sample(f, x, diffusion, steps=steps), cfg_eps_fn, cfg_free_eps, steps,
+                               repeats))
+    return rows
 
 
 def pidm_unet_rows(diffusion, steps, repeats):

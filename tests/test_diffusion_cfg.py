@@ -1,5 +1,6 @@
 """Classifier-free guidance combiners, batched eps_fn construction and condition dropout."""
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -73,7 +74,7 @@ def test_disentangled_combine_identities():
 def test_single_mode_runs_one_batched_forward_equal_to_separate_passes():
     x, t, pose, cond, null = make_inputs()
     model = FakeModel()
-    out = make_eps_fn(model, pose, cond, null, w=2.0)(x, t)
+    out = make_eps_fn(model, pose, cond, null, w=2.0, batching="batched")(x, t)
     assert model.batches == [4]                               # cond + uncond in ONE forward of batch 2B
     expected = cfg_combine(model(x, t, pose, cond), model(x, t, pose, null), 2.0, eps_channels=3)
     torch.testing.assert_close(out, expected)
@@ -99,7 +100,7 @@ def test_single_mode_with_w_one_skips_the_unconditional_pass():
 def test_disentangled_mode_uses_null_pose_and_one_forward():
     x, t, pose, cond, null = make_inputs()
     model = FakeModel()
-    out = make_eps_fn(model, pose, cond, null, mode="disentangled", w_pose=2.0, w_app=1.5)(x, t)
+    out = make_eps_fn(model, pose, cond, null, mode="disentangled", w_pose=2.0, w_app=1.5, batching="batched")(x, t)
     assert model.batches == [6]
     zero_pose = torch.zeros_like(pose)
     expected = cfg_combine_disentangled(model(x, t, zero_pose, null), model(x, t, pose, null),
@@ -123,8 +124,67 @@ def test_batch_one_conditions_are_shared_across_the_batch():
     torch.testing.assert_close(out, ref)
 
 
+@pytest.mark.parametrize("mode", ["single", "disentangled"])
+def test_batched_and_sequential_passes_give_the_same_output(mode):
+    x, t, pose, cond, null = make_inputs()
+    outs, models = {}, {}
+    for batching in ("batched", "sequential"):
+        models[batching] = FakeModel()
+        outs[batching] = make_eps_fn(models[batching], pose, cond, null, w=2.0, mode=mode, batching=batching)(x, t)
+    n = 2 if mode == "single" else 3
+    assert models["batched"].batches == [2 * n]
+    assert models["sequential"].batches == [2] * n
+    torch.testing.assert_close(outs["batched"], outs["sequential"], atol=0, rtol=0)
+
+
+def test_conditions_are_concatenated_once_per_pair_not_per_step():
+    x, t, pose, cond, null = make_inputs()
+    seen = []
+
+    def model(x_t, t_, pose_map, c):
+        seen.append((pose_map, c.features[0]))
+        return FakeModel()(x_t, t_, pose_map, c)
+
+    for batching in ("batched", "sequential"):
+        seen.clear()
+        eps_fn = make_eps_fn(model, pose, cond, null, w=2.0, batching=batching)
+        for step in range(3):
+            eps_fn(x + step, t)
+        per_step = len(seen) // 3
+        for i in range(per_step):  # the very same tensors reach the model at every step
+            assert all(seen[i][0] is seen[i + k * per_step][0] and seen[i][1] is seen[i + k * per_step][1]
+                       for k in range(3))
+
+
+def test_auto_batching_measures_both_then_keeps_the_faster(monkeypatch):
+    import repose_core.diffusion.guidance_cfg as G
+    monkeypatch.setattr(G, "_AUTO_CHOICE", {})
+    clock = [0.0]  # a fake clock: the test does not depend on this machine's timing
+    monkeypatch.setattr(G, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    x, t, pose, cond, null = make_inputs()
+
+    class SlowBatches(FakeModel):  # a batch of 2B "takes" 1 s, a batch of B 0.1 s
+        def __call__(self, x_t, t_, pose_map, c):
+            clock[0] += 1.0 if x_t.shape[0] > 2 else 0.1
+            return super().__call__(x_t, t_, pose_map, c)
+
+    model = SlowBatches()
+    eps_fn = make_eps_fn(model, pose, cond, null, w=2.0)  # batching="auto" is the default
+    ref = make_eps_fn(FakeModel(), pose, cond, null, w=2.0, batching="batched")
+    for step in range(6):
+        torch.testing.assert_close(eps_fn(x, t), ref(x, t), atol=0, rtol=0)
+    # trials: batched, sequential, batched, sequential; then sequential only
+    assert model.batches == [4, 2, 2, 4, 2, 2] + [2, 2] * 2
+    assert list(G._AUTO_CHOICE.values()) == ["sequential"]
+    model2 = SlowBatches()
+    make_eps_fn(model2, pose, cond, null, w=2.0)(x, t)  # the choice is remembered for this model type and shape
+    assert model2.batches == [2, 2]
+
+
 def test_cfg_input_errors():
     x, t, pose, cond, null = make_inputs()
+    with pytest.raises(InputError, match="batching"):
+        make_eps_fn(FakeModel(), pose, cond, null, batching="parallel")
     with pytest.raises(InputError, match="mode"):
         make_eps_fn(FakeModel(), pose, cond, null, mode="triple")
     bad_batch = FakeCond(features=[torch.zeros(3, 8, 4, 4), torch.zeros(3, 6)], flow=torch.zeros(3, 2, 4, 4), warped=[])

@@ -11,12 +11,15 @@ Only the ε channels are combined; learned-variance channels v are taken from on
 pose-only pass in the disentangled form, which is the closest to a fully conditional pass).
 
 Model calling convention (docs/DESIGN.md): model(x_t, t, pose_map, cond) -> (B, 2C, H, W); cond is an
-AppearanceCond (dataclass with tensor / list-of-tensor / None fields). Passes are concatenated along the batch
-and run in ONE forward.
+AppearanceCond (dataclass with tensor / list-of-tensor / None fields). The passes run as one forward of the
+concatenated batch or one after the other, whichever measures faster (`CFGPasses`); their conditions are
+concatenated once per (source, pose) pair, not at every step.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 from typing import Any, Callable
 
 import torch
@@ -24,7 +27,10 @@ from torch import Tensor
 
 from ..errors import InputError
 
-__all__ = ["cfg_combine", "cfg_combine_disentangled", "cfg_eps", "make_eps_fn", "drop_condition", "batch_conditions"]
+logger = logging.getLogger("repose")
+
+__all__ = ["cfg_combine", "cfg_combine_disentangled", "cfg_eps", "make_eps_fn", "drop_condition", "batch_conditions",
+           "CFGPasses", "BATCHING"]
 
 MODES = ("single", "disentangled")
 
@@ -108,6 +114,87 @@ def batch_conditions(items: list, batch: int, what: str = "cond") -> Any:
     return first
 
 
+BATCHING = ("auto", "batched", "sequential")
+_AUTO_CHOICE: dict[tuple, str] = {}  # batching="auto": measured choice per (model type, device, dtype, shape, passes)
+
+
+class CFGPasses:
+    """The n = 2 (single) or 3 (disentangled) model passes of one CFG step, with their conditions built ONCE per
+    (source, pose) pair: the per-pass pose maps and conditions, and their batch concatenation, are cached per batch
+    size, so a sampling step only concatenates x_t and t.
+
+    batching: "batched" (one forward of n·B), "sequential" (n forwards of B, lower peak memory) or "auto": the
+    first steps run each way twice (the first of each is a warm-up), timed, and the faster is used from then on and
+    remembered for the process (per model type, device, dtype, shape). Both give the same outputs (on CPU bit for bit).
+    """
+
+    def __init__(self, model: Callable, pose_map: Tensor, cond: Any, null_cond: Any, mode: str = "single",
+                 null_pose: Tensor | None = None, batching: str = "auto"):
+        if mode not in MODES:
+            raise InputError(f"unknown CFG mode {mode!r}; accepted: {', '.join(MODES)}")
+        if batching not in BATCHING:
+            raise InputError(f"unknown CFG batching {batching!r}; accepted: {', '.join(BATCHING)}")
+        self.model, self.mode, self.batching = model, mode, batching
+        if mode == "single":
+            self.poses, self.conds = [pose_map, pose_map], [cond, null_cond]
+            self.pose_names = ["pose_map", "pose_map"]
+        else:
+            null_pose = torch.zeros_like(pose_map) if null_pose is None else null_pose
+            self.poses, self.conds = [null_pose, pose_map, null_pose], [null_cond, null_cond, cond]
+            self.pose_names = ["null_pose", "pose_map", "null_pose"]
+        self._built: dict[int, tuple] = {}  # B -> (per-pass [(pose, cond)], batched (pose, cond))
+        self._trials: dict[str, list[float]] = {"batched": [], "sequential": []}
+        self._timing: tuple | None = None  # the "auto" trial in progress: (how, key, start time)
+
+    @property
+    def n(self) -> int:
+        return len(self.conds)
+
+    def _inputs(self, B: int) -> tuple:
+        if B not in self._built:
+            poses = [_expand(p, B, name) for p, name in zip(self.poses, self.pose_names)]
+            per_pass = [(p, batch_conditions([c], B)) for p, c in zip(poses, self.conds)]
+            batched = (torch.cat(poses, dim=0), batch_conditions(self.conds, B))
+            self._built = {B: (per_pass, batched)}  # one batch size at a time: keep memory bounded
+        return self._built[B]
+
+    def __call__(self, x_t: Tensor, t: Tensor) -> list[Tensor]:
+        """The n model outputs at (x_t, t), each (B, ...), in the order of `cfg_combine(_disentangled)`."""
+        per_pass, batched = self._inputs(x_t.shape[0])
+        how = self._choose(x_t)
+        if how == "batched":
+            out = self.model(torch.cat([x_t] * self.n, dim=0), torch.cat([t] * self.n, dim=0), *batched)
+            return list(out.chunk(self.n, dim=0))
+        return [self.model(x_t, t, pose, cond) for pose, cond in per_pass]
+
+    def _choose(self, x_t: Tensor) -> str:
+        if self.batching != "auto":
+            return self.batching
+        key = (type(self.model).__name__, x_t.device.type, x_t.dtype, tuple(x_t.shape), self.n)
+        if key in _AUTO_CHOICE:
+            return _AUTO_CHOICE[key]
+        trials = self._trials
+        how = "batched" if len(trials["batched"]) <= len(trials["sequential"]) else "sequential"
+        self._timing = (how, key, time.perf_counter())
+        return how
+
+    def record_timing(self, x_t: Tensor) -> None:
+        """Called after a step's outputs are computed: closes the timing of an "auto" trial."""
+        timing = self._timing
+        if timing is None:
+            return
+        self._timing = None
+        how, key, start = timing
+        if x_t.device.type == "cuda":
+            torch.cuda.synchronize(x_t.device)
+        self._trials[how].append(time.perf_counter() - start)
+        b, s = self._trials["batched"], self._trials["sequential"]
+        if len(b) >= 2 and len(s) >= 2:  # the first trial of each is a warm-up (allocations, kernel selection)
+            _AUTO_CHOICE[key] = "batched" if min(b[1:]) <= min(s[1:]) else "sequential"
+            logger.debug("CFG batching for %s: %s (batched %.1f ms, sequential %.1f ms)", key, _AUTO_CHOICE[key],
+                         1000 * min(b[1:]), 1000 * min(s[1:]))
+
+
 def cfg_eps(
     model: Callable,
     x_t: Tensor,
@@ -122,44 +209,19 @@ def cfg_eps(
     w_app: float | None = None,
     null_pose: Tensor | None = None,
     combine_variance: bool = False,
+    batching: str = "batched",
 ) -> Tensor:
-    """One CFG-combined model output (B, 2C, ...) at (x_t, t); all passes run in a single batched forward.
+    """One CFG-combined model output (B, 2C, ...) at (x_t, t).
 
     mode="single":        ε(pose, ∅) + w·[ε(pose, cond) − ε(pose, ∅)]; w = 1 runs only the conditional pass.
     mode="disentangled":  3 passes (∅,∅), (pose,∅), (∅,cond) with w_pose / w_app (default: w);
                           null_pose defaults to zeros_like(pose_map).
     combine_variance=True extrapolates the v channels too, as PIDM's `forward_with_cond_scale` does (parity);
     the default keeps v of the conditional pass (GLIDE / improved-diffusion practice, keeps v inside [-1, 1]).
+    batching: see `CFGPasses`. For a sampler, use `make_eps_fn`: it builds the conditions once per pair.
     """
-    B, C = x_t.shape[:2]
-    pose_map = _expand(pose_map, B, "pose_map")
-    if mode == "single":
-        if w == 1.0:
-            return model(x_t, t, pose_map, batch_conditions([cond], B))
-        n = 2
-        poses = [pose_map, pose_map]
-        conds = [cond, null_cond]
-    elif mode == "disentangled":
-        null_pose = torch.zeros_like(pose_map) if null_pose is None else _expand(null_pose, B, "null_pose")
-        n = 3
-        poses = [null_pose, pose_map, null_pose]
-        conds = [null_cond, null_cond, cond]
-    else:
-        raise InputError(f"unknown CFG mode {mode!r}; accepted: {', '.join(MODES)}")
-
-    out = model(
-        torch.cat([x_t] * n, dim=0),
-        torch.cat([t] * n, dim=0),
-        torch.cat(poses, dim=0),
-        batch_conditions(conds, B),
-    )  # (n·B, 2C, ...)
-    outs = out.chunk(n, dim=0)
-    eps_channels = C if out.shape[1] == 2 * C and not combine_variance else None
-    if mode == "single":
-        return cfg_combine(outs[0], outs[1], w, eps_channels)
-    w_pose = w if w_pose is None else w_pose
-    w_app = w if w_app is None else w_app
-    return cfg_combine_disentangled(outs[0], outs[1], outs[2], w_pose, w_app, eps_channels)
+    return make_eps_fn(model, pose_map, cond, null_cond, w, mode, w_pose, w_app, null_pose, combine_variance,
+                       batching=batching)(x_t, t)
 
 
 def make_eps_fn(
@@ -173,15 +235,34 @@ def make_eps_fn(
     w_app: float | None = None,
     null_pose: Tensor | None = None,
     combine_variance: bool = False,
+    *,
+    batching: str = "auto",
 ) -> Callable[[Tensor, Tensor], Tensor]:
-    """eps_fn(x_t, t) for the samplers, closing over the pose map and the prepared conditions (see `cfg_eps`)."""
-    if mode not in MODES:
-        raise InputError(f"unknown CFG mode {mode!r}; accepted: {', '.join(MODES)}")
+    """eps_fn(x_t, t) for the samplers (see `cfg_eps`). The passes' conditions are concatenated once, here, not at
+    every step; batching "auto" measures batched against sequential passes on the first steps (`CFGPasses`)."""
+    passes = CFGPasses(model, pose_map, cond, null_cond, mode, null_pose, batching)
+    w_pose = w if w_pose is None else w_pose
+    w_app = w if w_app is None else w_app
+    only_cond = mode == "single" and w == 1.0
+    cond_inputs: dict[int, tuple] = {}
 
     def eps_fn(x_t: Tensor, t: Tensor) -> Tensor:
-        return cfg_eps(model, x_t, t, pose_map, cond, null_cond, w, mode=mode, w_pose=w_pose, w_app=w_app,
-                       null_pose=null_pose, combine_variance=combine_variance)
+        B, C = x_t.shape[:2]
+        if only_cond:  # w = 1: the conditional pass alone
+            if B not in cond_inputs:
+                cond_inputs.clear()
+                cond_inputs[B] = (_expand(pose_map, B, "pose_map"), batch_conditions([cond], B))
+            return model(x_t, t, *cond_inputs[B])
+        outs = passes(x_t, t)
+        eps_channels = C if outs[0].shape[1] == 2 * C and not combine_variance else None
+        if mode == "single":
+            eps = cfg_combine(outs[0], outs[1], w, eps_channels)
+        else:
+            eps = cfg_combine_disentangled(outs[0], outs[1], outs[2], w_pose, w_app, eps_channels)
+        passes.record_timing(x_t)
+        return eps
 
+    eps_fn.passes = passes  # for benchmarks / inspection
     return eps_fn
 
 
