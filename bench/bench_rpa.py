@@ -8,8 +8,14 @@ For each config (default: tiny and deepfashion256) and each warp space ("image" 
   rpa_in_unet  rpa_ms / unet_ms;  prepare_extra_in_unet = (prepare_ms - b1 prepare_ms) / unet_ms
 and parameter counts. Prints a table and writes bench/results/rpa.json.
 
+--attention: RPA alone, the MapFormer's restricted heads as (2r+1)² neighbourhoods ("after") against the L×L masked
+reference ("before"), same weights, forward (no grad) and forward+backward (training), per preset and batch size:
+time and peak memory above the loaded model (CPU: peak RSS of a fresh subprocess per case; CUDA: max allocated),
+ratios after / before from the same run. Writes bench/results/rpa_attention.json.
+
     python bench/bench_rpa.py                       # CPU, tiny + deepfashion256
     python bench/bench_rpa.py --device cuda --configs deepfashion256 deepfashion512 market1501
+    python bench/bench_rpa.py --attention --threads 1 --configs deepfashion256 deepfashion512 --batches 1 8
 """
 from __future__ import annotations
 
@@ -85,6 +91,97 @@ def bench_config(name: str, iterations: int, repeats: int, device: torch.device,
     return rows
 
 
+def attention_case(preset: str, batch: int, mode: str, impl: str, repeats: int, device: torch.device) -> dict:
+    """One RPA measurement (run in its own process on CPU, so that the peak RSS is this case's alone)."""
+    import resource
+
+    from repose_core.models.rpa import RecurrentPoseAlignment
+    cfg = get_config(preset, "b2")
+    torch.manual_seed(0)
+    rpa = RecurrentPoseAlignment(cfg.rpa).to(device)
+    rpa.set_attention_impl(impl)
+    with torch.no_grad():
+        rpa.aggregator.conv2.weight.normal_(0, 0.05)  # a non-identity flow, as after training
+    h, w = cfg.diffusion_size
+    g = torch.Generator().manual_seed(0)
+    src = torch.randn(batch, cfg.rpa.source_channels, h, w, generator=g).to(device)
+    pose = torch.rand(batch, cfg.rpa.pose_channels, h, w, generator=g).to(device)
+
+    def run():
+        if mode == "forward":
+            with torch.no_grad():
+                return rpa(src, pose).flow
+        out = rpa(src, pose)
+        sum((x ** 2).mean() for x in out.warped).backward()
+        rpa.zero_grad(set_to_none=True)
+        return out.flow.detach()
+
+    rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731  (MiB)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = rss()
+    flow = run()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        extra = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    else:
+        extra = rss() - base
+    ms = timed(run, repeats, device) if repeats else None
+    return dict(preset=preset, batch=batch, mode=mode, impl=impl, extra_mib=round(extra, 1),
+                ms=round(ms, 1) if ms else None, flow_abs_mean=float(flow.abs().mean()))
+
+
+def bench_attention(args, device: torch.device) -> int:
+    import subprocess
+    rows = []
+    for name in args.configs:
+        cfg = get_config(name, "b2")
+        grid = [-(-cfg.diffusion_size[0] // cfg.rpa.downsample), -(-cfg.diffusion_size[1] // cfg.rpa.downsample)]
+        for batch in args.batches:
+            for mode in ("forward", "forward_backward"):
+                row = dict(config=name, rpa_grid=grid, region_radii=list(cfg.rpa.region_radii), batch=batch,
+                           mode=mode, iterations=cfg.rpa.iterations)
+                for impl in ("masked", "neighbourhood"):
+                    if device.type == "cpu":  # fresh process: ru_maxrss is a high-water mark
+                        cmd = [sys.executable, __file__, "--_case", name, str(batch), mode, impl,
+                               "--repeats", str(args.repeats), "--threads", str(args.threads or 0), "--device", "cpu"]
+                        res = subprocess.run(cmd, capture_output=True, text=True)
+                        if res.returncode:
+                            print(res.stderr[-2000:], file=sys.stderr)
+                            row[f"{impl}_error"] = res.stderr.strip().splitlines()[-1] if res.stderr else "failed"
+                            continue
+                        case = json.loads(res.stdout.strip().splitlines()[-1])
+                    else:
+                        case = attention_case(name, batch, mode, impl, args.repeats, device)
+                    row[f"{impl}_ms"], row[f"{impl}_extra_mib"] = case["ms"], case["extra_mib"]
+                    row[f"{impl}_flow_abs_mean"] = case["flow_abs_mean"]
+                if row.get("masked_ms") and row.get("neighbourhood_ms"):
+                    row["time_ratio"] = round(row["neighbourhood_ms"] / row["masked_ms"], 3)
+                if row.get("masked_extra_mib") and row.get("neighbourhood_extra_mib") is not None:
+                    row["memory_ratio"] = round(row["neighbourhood_extra_mib"] / row["masked_extra_mib"], 3)
+                    row["neighbourhood_extra_mib_per_sample"] = round(row["neighbourhood_extra_mib"] / batch, 1)
+                    row["masked_extra_mib_per_sample"] = round(row["masked_extra_mib"] / batch, 1)
+                rows.append(row)
+                print(" | ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    result = dict(benchmark="rpa_attention", device=str(device),
+                  device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+                  torch=torch.__version__, threads=args.threads or torch.get_num_threads(), repeats=args.repeats,
+                  memory_kind="peak RSS above the built RPA, fresh process per case" if device.type == "cpu"
+                  else "cuda max_memory_allocated above the built RPA",
+                  goal="training memory of RPA per sample at 256x176 <= 512 MiB; time not worse", rows=rows)
+    out = Path(args.out if args.out != DEFAULT_OUT else ROOT / "bench" / "results" / "rpa_attention.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
+DEFAULT_OUT = str(ROOT / "bench" / "results" / "rpa.json")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=["tiny", "deepfashion256"])
@@ -93,11 +190,20 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "rpa.json"))
+    p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--attention", action="store_true", help="neighbourhood vs masked MapFormer heads (docstring)")
+    p.add_argument("--batches", type=int, nargs="+", default=[1], help="--attention: batch sizes")
+    p.add_argument("--_case", nargs=4, help=argparse.SUPPRESS)  # internal: one --attention case in this process
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    if args._case:
+        name, batch, mode, impl = args._case
+        print(json.dumps(attention_case(name, int(batch), mode, impl, args.repeats, device)))
+        return 0
+    if args.attention:
+        return bench_attention(args, device)
 
     rows = []
     for name in args.configs:

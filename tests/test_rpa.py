@@ -165,6 +165,23 @@ def test_region_attention_equals_one_masked_attention_over_all_heads(head_radii,
     torch.testing.assert_close(attn(x, ctx, (4, 5)), ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("size,radius", [((9, 9), 2), ((16, 22), 4), ((5, 3), 3), ((1, 7), 1), ((7, 11), 0)])
+def test_correlation_volume_equals_the_unfold_definition_with_gradients(size, radius):
+    """Row-at-a-time correlation (own backward, no D·(2R+1)²·L windows kept) == the plain unfold formula."""
+    g = torch.Generator().manual_seed(0)
+    tgt, src = (torch.randn(2, 6, *size, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    k = 2 * radius + 1
+    windows = F.unfold(src, kernel_size=k, padding=radius).view(2, 6, k * k, *size)
+    ref = F.relu(torch.einsum("bdhw,bdkhw->bkhw", tgt, windows) / 6 ** 0.5)
+    out = correlation_volume(tgt, src, radius)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(out, (tgt, src), grad), torch.autograd.grad(ref, (tgt, src), grad)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    small = [t.detach()[:1, :3, :4, :5].clone().requires_grad_() for t in (tgt, src)]
+    assert torch.autograd.gradcheck(lambda a, b: correlation_volume(a, b, 1), small)
+
+
 def test_correlation_volume_channels_and_peak_at_the_shift():
     R = 2
     g = torch.Generator().manual_seed(0)
@@ -222,17 +239,20 @@ def test_rpa_neighbourhood_heads_equal_the_masked_reference(size, radii, heads):
         rpa.aggregator.conv2.weight.normal_(0, 0.05)  # non-trivial flows, so the recurrence depends on attention
     src, pose = torch.randn(2, 3, *size, dtype=torch.float64), torch.rand(2, 5, *size, dtype=torch.float64)
     results = []
-    for impl in ("neighbourhood", "masked"):
+    for impl, checkpointing in (("neighbourhood", True), ("masked", True), ("neighbourhood", False)):
         rpa.set_attention_impl(impl)
+        rpa.checkpointing = checkpointing  # activation checkpoints: same values, recomputed in the backward pass
         rpa.zero_grad()
         out = rpa(src, pose)
         rpa_warp_loss(out, pose[:, :3]).backward()
         results.append((out.flow.detach(), {n: p.grad.clone() for n, p in rpa.named_parameters()}))
-    (flow_a, grads_a), (flow_b, grads_b) = results
+    (flow_a, grads_a), (flow_b, grads_b), (flow_c, grads_c) = results
     assert flow_a.abs().max() > 0
     torch.testing.assert_close(flow_a, flow_b, atol=1e-9, rtol=1e-9)
+    assert torch.equal(flow_a, flow_c)
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], atol=1e-9, rtol=1e-7, msg=name)
+        torch.testing.assert_close(grads_a[name], grads_c[name], atol=1e-12, rtol=1e-12, msg=name)
     with pytest.raises(InputError, match="impl"):
         rpa.set_attention_impl("dense")
 

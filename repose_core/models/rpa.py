@@ -35,6 +35,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from einops import rearrange
 from kornia.geometry.transform import remap
 
@@ -412,13 +413,51 @@ def correlation_volume(target_feat: Tensor, source_feat: Tensor, radius: int) ->
     """eq. 6: C(x, r) = ReLU(F_T'(x) · F_S'(x + r) / √D) for all |r|∞ ≤ R.
 
     (B, D, H, W) × 2 -> (B, (2R+1)², H, W); channel k = (dy + R)·(2R+1) + (dx + R). Outside the map F_S' is 0.
-    The 1/√D scaling (as in RAFT) keeps the volume's range independent of the depth."""
-    B, D, H, W = source_feat.shape
-    k = 2 * radius + 1
-    windows = F.unfold(source_feat, kernel_size=k, padding=radius)  # (B, D·k², H·W)
-    windows = windows.view(B, D, k * k, H, W)
-    corr = torch.einsum("bdhw,bdkhw->bkhw", target_feat, windows) / math.sqrt(D)
-    return F.relu(corr)
+    The 1/√D scaling (as in RAFT) keeps the volume's range independent of the depth. Computed one offset row at a
+    time (`_Correlation`): memory O(D·L·(2R+1)) transient, and only the two feature maps are kept for the backward
+    pass, not the D·(2R+1)²·L unfolded windows."""
+    return F.relu(_Correlation.apply(target_feat, source_feat, int(radius)))
+
+
+def _width_windows(x_pad: Tensor, dy: int, height: int, width: int) -> Tensor:
+    """(B, D, H, W, k) view: [..., y, x, i] = x_pad[..., y + dy, x + i] of a (B, D, H + 2R, W + 2R) padded map."""
+    return x_pad[:, :, dy:dy + height].unfold(3, x_pad.shape[-1] - width + 1, 1)
+
+
+class _Correlation(torch.autograd.Function):
+    """Linear part of eq. 6, C(x, (dy, dx)) = F_T'(x) · F_S'(x + (dx, dy)) / √D, without the ReLU."""
+
+    @staticmethod
+    def forward(ctx, target_feat: Tensor, source_feat: Tensor, radius: int) -> Tensor:
+        B, D, H, W = source_feat.shape
+        k = 2 * radius + 1
+        src_pad = F.pad(source_feat, (radius,) * 4)
+        corr = target_feat.new_empty(B, k, k, H, W)
+        for dy in range(k):  # offset row dy - R: a (B, D, H, W, k) window of shifted source features
+            corr[:, dy] = torch.einsum("bdhw,bdhwk->bkhw", target_feat, _width_windows(src_pad, dy, H, W))
+        ctx.save_for_backward(target_feat, source_feat)
+        ctx.radius = radius
+        return corr.view(B, k * k, H, W).div_(math.sqrt(D))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        target_feat, source_feat = ctx.saved_tensors
+        r = ctx.radius
+        B, D, H, W = source_feat.shape
+        k = 2 * r + 1
+        grad = (grad / math.sqrt(D)).view(B, k, k, H, W)
+        src_pad = F.pad(source_feat, (r,) * 4)
+        grad_t = torch.zeros_like(target_feat) if ctx.needs_input_grad[0] else None
+        grad_s_pad = torch.zeros_like(src_pad) if ctx.needs_input_grad[1] else None
+        for dy in range(k):
+            g = grad[:, dy]  # (B, k, H, W): offsets (dy, 0..k-1)
+            if grad_t is not None:
+                grad_t += torch.einsum("bkhw,bdhwk->bdhw", g, _width_windows(src_pad, dy, H, W))
+            if grad_s_pad is not None:  # scatter back to x + dx: the adjoint of the width unfold
+                win = torch.einsum("bkhw,bdhw->bdhwk", g, target_feat)
+                grad_s_pad[:, :, dy:dy + H] += torch.ops.aten.unfold_backward(win, [B, D, H, W + 2 * r], 3, k, 1)
+        grad_s = grad_s_pad[..., r:r + H, r:r + W] if grad_s_pad is not None else None
+        return grad_t, grad_s, None
 
 
 class PoseAggregator(nn.Module):
@@ -452,6 +491,7 @@ class RecurrentPoseAlignment(nn.Module):
         self.pose_encoder = ConvEncoder(cfg.pose_channels, cfg.depth, cfg.downsample)
         self.mapformer = MapFormer(cfg)
         self.aggregator = PoseAggregator(cfg.corr_channels, cfg.depth)
+        self.checkpointing = True  # activation checkpoints when training (`_run`); not part of the state dict
 
     def set_attention_impl(self, impl: str) -> None:
         """"neighbourhood" (default, O(L·(2r+1)²) memory) or "masked" (the L×L reference); same outputs, same
@@ -477,21 +517,15 @@ class RecurrentPoseAlignment(nn.Module):
         src_p = F.pad(source, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else source
         pose_p = F.pad(pose_map, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else pose_map
 
-        target_feat = self.pose_encoder(pose_p)  # F_T, (B, D, h, w)
-        source_feat0 = self.source_encoder(src_p)  # F_S = Encoder(I_S)
+        target_feat = self._run(self.pose_encoder, pose_p)  # F_T, (B, D, h, w)
+        source_feat0 = self._run(self.source_encoder, src_p)  # F_S = Encoder(I_S)
         h, w = target_feat.shape[-2:]
 
         flow_lr = torch.zeros(source.shape[0], 2, h, w, device=source.device)  # F^0 = identity; float32 flows
         out = RPAOutput(flow=None)  # type: ignore[arg-type]
-        source_feat, warped_p = source_feat0, src_p
+        warped_p = src_p
         for n in range(n_iter):
-            if n > 0:  # eq. 9: features of the source warped by the current flow
-                if cfg.warp_space == "image":
-                    source_feat = self.source_encoder(warped_p)
-                else:
-                    source_feat = warp(source_feat0, flow_lr)
-            fs, ft = self.mapformer(source_feat, target_feat)  # eq. 5
-            delta = self.aggregator(correlation_volume(ft, fs, cfg.corr_radius))  # eq. 6 -> ΔF^{n+1}
+            delta = self._run(self._residual_flow, n, warped_p, source_feat0, flow_lr, target_feat)  # ΔF^{n+1}
             flow_lr = compose_flows(flow_lr, delta)  # eq. 7: F^{n+1} = F^n ∘ ΔF^{n+1}
             flow_p = upsample_flow(flow_lr, s)  # (B, 2, H+pad_h, W+pad_w), diffusion pixels
             warped_p = warp(src_p, flow_p)
@@ -501,6 +535,25 @@ class RecurrentPoseAlignment(nn.Module):
                 progress(n + 1, n_iter)
         out.flow, out.flow_lowres = out.flows[-1], flow_lr
         return out
+
+    def _residual_flow(self, n: int, warped_p: Tensor, source_feat0: Tensor, flow_lr: Tensor,
+                       target_feat: Tensor) -> Tensor:
+        """One iteration's ΔF^{n+1} (eq. 5, 6, 9) from the current warp of the source."""
+        source_feat = source_feat0
+        if n > 0:  # eq. 9: features of the source warped by the current flow
+            source_feat = self.source_encoder(warped_p) if self.cfg.warp_space == "image" else warp(source_feat0,
+                                                                                                     flow_lr)
+        fs, ft = self.mapformer(source_feat, target_feat)  # eq. 5
+        return self.aggregator(correlation_volume(ft, fs, self.cfg.corr_radius))  # eq. 6
+
+    def _run(self, fn, *args):
+        """fn(*args); when training, as an activation checkpoint: only the inputs are kept and the activations are
+        recomputed in the backward pass (same values: RPA has no randomness). Training memory of RPA then no longer
+        grows with the encoders' full-resolution activations and the N iterations' attention/correlation states.
+        `self.checkpointing = False` keeps them instead (faster backward, more memory)."""
+        if self.checkpointing and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+            return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
     def _check_inputs(self, source: Tensor, pose_map: Tensor, n_iter: int) -> None:
         cfg = self.cfg
