@@ -8,8 +8,9 @@ For each config (default: tiny and deepfashion256) and each warp space ("image" 
   rpa_in_unet  rpa_ms / unet_ms;  prepare_extra_in_unet = (prepare_ms - b1 prepare_ms) / unet_ms
 and parameter counts. Prints a table and writes bench/results/rpa.json.
 
---attention: RPA alone, the MapFormer's restricted heads as (2r+1)² neighbourhoods ("after") against the L×L masked
-reference ("before"), same weights, forward (no grad) and forward+backward (training), per preset and batch size:
+--attention: RPA alone, "after" (restricted MapFormer heads over (2r+1)² neighbourhoods, row-wise correlation volume,
+activation checkpoints when training) against "before" (the implementation before issue 14: L×L masked heads,
+unfolded correlation, no checkpoints; `rpa_implementation`), same weights, same outputs, forward (no grad) and forward+backward (training), per preset and batch size:
 time and peak memory above the loaded model (CPU: peak RSS of a fresh subprocess per case; CUDA: max allocated),
 ratios after / before from the same run. Writes bench/results/rpa_attention.json.
 
@@ -20,6 +21,7 @@ ratios after / before from the same run. Writes bench/results/rpa_attention.json
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
@@ -91,6 +93,38 @@ def bench_config(name: str, iterations: int, repeats: int, device: torch.device,
     return rows
 
 
+def _unfold_correlation(target_feat, source_feat, radius):
+    """The correlation volume as it was before issue 14 (all (2R+1)² windows unfolded at once, kept for autograd)."""
+    import math
+
+    import torch.nn.functional as F
+    B, D, H, W = source_feat.shape
+    k = 2 * radius + 1
+    windows = F.unfold(source_feat, kernel_size=k, padding=radius).view(B, D, k * k, H, W)
+    return F.relu(torch.einsum("bdhw,bdkhw->bkhw", target_feat, windows) / math.sqrt(D))
+
+
+@contextlib.contextmanager
+def rpa_implementation(rpa, impl: str):
+    """impl "before": the RPA as it was before issue 14 (L×L masked restricted heads, unfolded correlation volume,
+    no activation checkpoints); "after": the default (neighbourhood heads, row-wise correlation, activation
+    checkpoints when training on a grid of >= RecurrentPoseAlignment.CHECKPOINT_MIN_TOKENS tokens).
+    Same weights, same outputs."""
+    from repose_core.models import rpa as rpa_module
+    saved = rpa_module.correlation_volume
+    before = impl == "before"
+    rpa.set_attention_impl("masked" if before else "neighbourhood")
+    rpa.checkpointing = False if before else None
+    if before:
+        rpa_module.correlation_volume = _unfold_correlation
+    try:
+        yield rpa
+    finally:
+        rpa_module.correlation_volume = saved
+        rpa.set_attention_impl("neighbourhood")
+        rpa.checkpointing = None
+
+
 def attention_case(preset: str, batch: int, mode: str, impl: str, repeats: int, device: torch.device) -> dict:
     """One RPA measurement (run in its own process on CPU, so that the peak RSS is this case's alone)."""
     import resource
@@ -99,7 +133,6 @@ def attention_case(preset: str, batch: int, mode: str, impl: str, repeats: int, 
     cfg = get_config(preset, "b2")
     torch.manual_seed(0)
     rpa = RecurrentPoseAlignment(cfg.rpa).to(device)
-    rpa.set_attention_impl(impl)
     with torch.no_grad():
         rpa.aggregator.conv2.weight.normal_(0, 0.05)  # a non-identity flow, as after training
     h, w = cfg.diffusion_size
@@ -107,7 +140,7 @@ def attention_case(preset: str, batch: int, mode: str, impl: str, repeats: int, 
     src = torch.randn(batch, cfg.rpa.source_channels, h, w, generator=g).to(device)
     pose = torch.rand(batch, cfg.rpa.pose_channels, h, w, generator=g).to(device)
 
-    def run():
+    def run(src=src, pose=pose):
         if mode == "forward":
             with torch.no_grad():
                 return rpa(src, pose).flow
@@ -116,6 +149,10 @@ def attention_case(preset: str, batch: int, mode: str, impl: str, repeats: int, 
         rpa.zero_grad(set_to_none=True)
         return out.flow.detach()
 
+    with rpa_implementation(rpa, impl):  # warm-up on a small input: lazy imports and one-off buffers are not the
+        small = 8 * cfg.rpa.downsample   # case's memory
+        run(src[:1, :, :small, :small].contiguous(), pose[:1, :, :small, :small].contiguous())
+
     rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # noqa: E731  (MiB)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -123,13 +160,14 @@ def attention_case(preset: str, batch: int, mode: str, impl: str, repeats: int, 
         base = torch.cuda.memory_allocated()
     else:
         base = rss()
-    flow = run()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        extra = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    else:
-        extra = rss() - base
-    ms = timed(run, repeats, device) if repeats else None
+    with rpa_implementation(rpa, impl):
+        flow = run()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            extra = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+        else:
+            extra = rss() - base
+        ms = timed(run, repeats, device) if repeats else None
     return dict(preset=preset, batch=batch, mode=mode, impl=impl, extra_mib=round(extra, 1),
                 ms=round(ms, 1) if ms else None, flow_abs_mean=float(flow.abs().mean()))
 
@@ -144,7 +182,7 @@ def bench_attention(args, device: torch.device) -> int:
             for mode in ("forward", "forward_backward"):
                 row = dict(config=name, rpa_grid=grid, region_radii=list(cfg.rpa.region_radii), batch=batch,
                            mode=mode, iterations=cfg.rpa.iterations)
-                for impl in ("masked", "neighbourhood"):
+                for impl in ("before", "after"):
                     if device.type == "cpu":  # fresh process: ru_maxrss is a high-water mark
                         cmd = [sys.executable, __file__, "--_case", name, str(batch), mode, impl,
                                "--repeats", str(args.repeats), "--threads", str(args.threads or 0), "--device", "cpu"]
@@ -158,12 +196,12 @@ def bench_attention(args, device: torch.device) -> int:
                         case = attention_case(name, batch, mode, impl, args.repeats, device)
                     row[f"{impl}_ms"], row[f"{impl}_extra_mib"] = case["ms"], case["extra_mib"]
                     row[f"{impl}_flow_abs_mean"] = case["flow_abs_mean"]
-                if row.get("masked_ms") and row.get("neighbourhood_ms"):
-                    row["time_ratio"] = round(row["neighbourhood_ms"] / row["masked_ms"], 3)
-                if row.get("masked_extra_mib") and row.get("neighbourhood_extra_mib") is not None:
-                    row["memory_ratio"] = round(row["neighbourhood_extra_mib"] / row["masked_extra_mib"], 3)
-                    row["neighbourhood_extra_mib_per_sample"] = round(row["neighbourhood_extra_mib"] / batch, 1)
-                    row["masked_extra_mib_per_sample"] = round(row["masked_extra_mib"] / batch, 1)
+                if row.get("before_ms") and row.get("after_ms"):
+                    row["time_ratio"] = round(row["after_ms"] / row["before_ms"], 3)
+                if row.get("before_extra_mib") and row.get("after_extra_mib") is not None:
+                    row["memory_ratio"] = round(row["after_extra_mib"] / row["before_extra_mib"], 3)
+                    row["after_extra_mib_per_sample"] = round(row["after_extra_mib"] / batch, 1)
+                    row["before_extra_mib_per_sample"] = round(row["before_extra_mib"] / batch, 1)
                 rows.append(row)
                 print(" | ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     result = dict(benchmark="rpa_attention", device=str(device),

@@ -10,8 +10,9 @@ depend on the weights; the pose estimator for guidance is the shipped repose_cor
   cfg        one CFG step at 256×176: batched (one forward of batch 2) / sequential (two forwards of batch 1), time
              and peak memory, fp32 and bf16.
   rpa        RPA alone (N = 5) at deepfashion256 / deepfashion512, batch 1 and 8, forward (no grad) and
-             forward+backward: time and peak memory of the neighbourhood heads and of the L×L masked reference,
-             same weights, same run (ratios = neighbourhood / masked).
+             forward+backward: time and peak memory "after" (neighbourhood heads, row-wise correlation, activation
+             checkpoints) and "before" (L×L masked heads, unfolded correlation, no checkpoints; the code before
+             issue 14), same weights, same run (ratios = after / before).
   train      B2 training step at deepfashion256, batch 8 (bidirectional pairs, bf16 autocast) through
              bench/bench_train.py: pairs/s and peak memory.
 --quick: fewer repeats and training steps, same figures (< 2.5 min on one H100: cases left after a 115 s budget are
@@ -280,6 +281,8 @@ def section_cfg(plan: Plan, record) -> None:
 
 
 def section_rpa(plan: Plan, record) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_rpa import rpa_implementation  # before = masked L×L heads etc. (pre issue 14), after = default
     device = plan.device
     for preset in plan.rpa_presets:
         cfg = get_config(preset, "b2")
@@ -310,20 +313,19 @@ def section_rpa(plan: Plan, record) -> None:
                            iterations=cfg.rpa.iterations)
 
                 def run(row=row, fn=fn):
-                    for impl in ("masked", "neighbourhood"):
-                        rpa.set_attention_impl(impl)
-                        free(device)
-                        mem = {}
-                        fn()  # warm-up
-                        with peak_memory(device, mem):
-                            fn()
-                        row[f"{impl}_extra_mib"] = mem["extra_mib"]
-                        row[f"{impl}_ms"] = round(1000 * timed(fn, plan.rpa_repeats, device, warmup=0), 2)
-                    row["time_ratio"] = round(row["neighbourhood_ms"] / row["masked_ms"], 4)
-                    if row["masked_extra_mib"]:
-                        row["memory_ratio"] = round(row["neighbourhood_extra_mib"] / row["masked_extra_mib"], 4)
-                        row["neighbourhood_extra_mib_per_sample"] = round(row["neighbourhood_extra_mib"] / B, 1)
-                    rpa.set_attention_impl("neighbourhood")
+                    for impl in ("before", "after"):
+                        with rpa_implementation(rpa, impl):
+                            free(device)
+                            mem = {}
+                            fn()  # warm-up
+                            with peak_memory(device, mem):
+                                fn()
+                            row[f"{impl}_extra_mib"] = mem["extra_mib"]
+                            row[f"{impl}_ms"] = round(1000 * timed(fn, plan.rpa_repeats, device, warmup=0), 2)
+                    row["time_ratio"] = round(row["after_ms"] / row["before_ms"], 4)
+                    if row["before_extra_mib"]:
+                        row["memory_ratio"] = round(row["after_extra_mib"] / row["before_extra_mib"], 4)
+                        row["after_extra_mib_per_sample"] = round(row["after_extra_mib"] / B, 1)
                 record(f"rpa {preset} B={B} {mode}", row, run)
         del rpa
         free(device)

@@ -52,7 +52,7 @@ def test_dry_run_exercises_every_section(tmp_path):
     assert all(c["time_ratio_batched_over_sequential"] > 0 for c in cfg)
     rpa = [c for c in result["cases"] if c["section"] == "rpa"]
     assert {c["mode"] for c in rpa} == {"forward", "forward_backward"}
-    assert all(c["masked_ms"] > 0 and c["neighbourhood_ms"] > 0 for c in rpa)
+    assert all(c["before_ms"] > 0 and c["after_ms"] > 0 for c in rpa)
     train = [c for c in result["cases"] if c["section"] == "train"]
     assert train[0]["pairs_per_s"] > 0
 

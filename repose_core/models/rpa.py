@@ -491,7 +491,8 @@ class RecurrentPoseAlignment(nn.Module):
         self.pose_encoder = ConvEncoder(cfg.pose_channels, cfg.depth, cfg.downsample)
         self.mapformer = MapFormer(cfg)
         self.aggregator = PoseAggregator(cfg.corr_channels, cfg.depth)
-        self.checkpointing = True  # activation checkpoints when training (`_run`); not part of the state dict
+        self.checkpointing: bool | None = None  # activation checkpoints when training (`_run`); not in the state dict
+        self._checkpoint_now = False
 
     def set_attention_impl(self, impl: str) -> None:
         """"neighbourhood" (default, O(L·(2r+1)²) memory) or "masked" (the L×L reference); same outputs, same
@@ -517,9 +518,10 @@ class RecurrentPoseAlignment(nn.Module):
         src_p = F.pad(source, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else source
         pose_p = F.pad(pose_map, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else pose_map
 
+        h, w = (H + pad_h) // s, (W + pad_w) // s  # RPA grid
+        self._checkpoint_now = self._use_checkpoints(h * w)
         target_feat = self._run(self.pose_encoder, pose_p)  # F_T, (B, D, h, w)
         source_feat0 = self._run(self.source_encoder, src_p)  # F_S = Encoder(I_S)
-        h, w = target_feat.shape[-2:]
 
         flow_lr = torch.zeros(source.shape[0], 2, h, w, device=source.device)  # F^0 = identity; float32 flows
         out = RPAOutput(flow=None)  # type: ignore[arg-type]
@@ -546,12 +548,21 @@ class RecurrentPoseAlignment(nn.Module):
         fs, ft = self.mapformer(source_feat, target_feat)  # eq. 5
         return self.aggregator(correlation_volume(ft, fs, self.cfg.corr_radius))  # eq. 6
 
+    CHECKPOINT_MIN_TOKENS = 2048  # checkpointing=None: checkpoint from this RPA grid size on (deepfashion256: 2816)
+
+    def _use_checkpoints(self, tokens: int) -> bool:
+        if not (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())):
+            return False
+        return tokens >= self.CHECKPOINT_MIN_TOKENS if self.checkpointing is None else bool(self.checkpointing)
+
     def _run(self, fn, *args):
-        """fn(*args); when training, as an activation checkpoint: only the inputs are kept and the activations are
-        recomputed in the backward pass (same values: RPA has no randomness). Training memory of RPA then no longer
-        grows with the encoders' full-resolution activations and the N iterations' attention/correlation states.
-        `self.checkpointing = False` keeps them instead (faster backward, more memory)."""
-        if self.checkpointing and torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
+        """fn(*args); when training with checkpoints, as an activation checkpoint: only the inputs are kept and the
+        activations are recomputed in the backward pass (same values: RPA has no randomness), so RPA's training
+        memory no longer grows with the encoders' full-resolution activations and the N iterations' attention and
+        correlation states (deepfashion256, batch 1: 1072 -> 443 MiB, bench/bench_rpa.py --attention) for ~1.4×
+        the backward time. `checkpointing`: None (default) = on from CHECKPOINT_MIN_TOKENS grid tokens, where the
+        memory matters; True / False = always / never."""
+        if self._checkpoint_now:
             return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
