@@ -108,12 +108,13 @@ def _unfold_correlation(target_feat, source_feat, radius):
 def rpa_implementation(rpa, impl: str):
     """impl "before": the RPA as it was before issue 14 (L×L masked restricted heads, unfolded correlation volume,
     no activation checkpoints); "after": the default (neighbourhood heads, row-wise correlation, activation
-    checkpoints when training on a grid of >= RecurrentPoseAlignment.CHECKPOINT_MIN_TOKENS tokens).
+    checkpoints when training on a grid of >= RecurrentPoseAlignment.CHECKPOINT_MIN_TOKENS tokens; the masked form on
+    grids of <= MASKED_MAX_TOKENS, where it is faster).
     Same weights, same outputs."""
     from repose_core.models import rpa as rpa_module
     saved = rpa_module.correlation_volume
     before = impl == "before"
-    rpa.set_attention_impl("masked" if before else "neighbourhood")
+    rpa.set_attention_impl("masked" if before else "auto")
     rpa.checkpointing = False if before else None
     if before:
         rpa_module.correlation_volume = _unfold_correlation
@@ -121,7 +122,7 @@ def rpa_implementation(rpa, impl: str):
         yield rpa
     finally:
         rpa_module.correlation_volume = saved
-        rpa.set_attention_impl("neighbourhood")
+        rpa.set_attention_impl("auto")
         rpa.checkpointing = None
 
 

@@ -149,7 +149,7 @@ def test_neighbourhood_attention_low_precision(dtype):
 
 
 @pytest.mark.parametrize("head_radii", [(0, 0, 2, 1), (2, 0, 1, 0), (2, 1), (0, 0), (1, 3, 1, 0)])
-@pytest.mark.parametrize("impl", ["neighbourhood", "masked"])
+@pytest.mark.parametrize("impl", ["auto", "neighbourhood", "masked"])
 def test_region_attention_equals_one_masked_attention_over_all_heads(head_radii, impl):
     """Both implementations (global heads through SDPA, restricted heads grouped by radius and put back in head
     order) == a single masked call over all heads (the plain definition)."""

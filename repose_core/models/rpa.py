@@ -304,7 +304,8 @@ def neighbourhood_attention(q: Tensor, k: Tensor, v: Tensor, radius: int) -> Ten
     return _NeighbourhoodAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), int(radius))
 
 
-ATTENTION_IMPLS = ("neighbourhood", "masked")
+ATTENTION_IMPLS = ("auto", "neighbourhood", "masked")
+MASKED_MAX_TOKENS = 256  # impl "auto": the masked form is faster on grids this small (tiny: 16×11), memory trivial
 
 
 class RegionAttention(nn.Module):
@@ -314,7 +315,8 @@ class RegionAttention(nn.Module):
     (flash / memory-efficient kernels, no L×L scores kept). Restricted heads, grouped by radius, attend over their
     (2r+1)² neighbourhoods only (`neighbourhood_attention`). `impl = "masked"` instead runs them as full attention
     with the boolean (heads, L, L) mask of `region_attention_mask` — the plain definition, kept as the reference
-    for tests and benchmarks. Both give the same output with the same parameters."""
+    for tests and benchmarks; "auto" (default) uses it on grids of at most MASKED_MAX_TOKENS tokens, where it is
+    faster, and the neighbourhoods above. All give the same output with the same parameters."""
 
     def __init__(self, depth: int, head_radii: tuple[int, ...]):
         super().__init__()
@@ -326,7 +328,7 @@ class RegionAttention(nn.Module):
                               for r in sorted(set(head_radii)) if r != 0}
         order = self.global_heads + [i for heads in self.radius_groups.values() for i in heads]  # output order
         self._unpermute = None if order == sorted(order) else [order.index(i) for i in range(self.num_heads)]
-        self.impl = "neighbourhood"  # not a parameter: switching it never changes the state dict
+        self.impl = "auto"  # not a parameter: switching it never changes the state dict
         self._mask_cache: tuple[tuple, Tensor | None] | None = None  # impl="masked": mask of the last grid size
         self.to_q = nn.Linear(depth, depth)
         self.to_kv = nn.Linear(depth, 2 * depth)
@@ -340,9 +342,12 @@ class RegionAttention(nn.Module):
         if not self.restricted_heads:
             out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, L, d)
         else:
-            if self.impl == "masked":
+            impl = self.impl
+            if impl == "auto":
+                impl = "masked" if H * W <= MASKED_MAX_TOKENS else "neighbourhood"
+            if impl == "masked":
                 parts = [self._masked(q, k, v, H, W)]
-            elif self.impl == "neighbourhood":
+            elif impl == "neighbourhood":
                 parts = [self._neighbourhood(q, k, v, H, W, r, heads) for r, heads in self.radius_groups.items()]
             else:
                 raise InputError(f"RegionAttention.impl must be one of {ATTENTION_IMPLS}, got {self.impl!r}")
@@ -495,8 +500,8 @@ class RecurrentPoseAlignment(nn.Module):
         self._checkpoint_now = False
 
     def set_attention_impl(self, impl: str) -> None:
-        """"neighbourhood" (default, O(L·(2r+1)²) memory) or "masked" (the L×L reference); same outputs, same
-        parameters: the choice is not stored in the state dict."""
+        """"auto" (default: masked on tiny grids, else neighbourhood), "neighbourhood" (O(L·(2r+1)²) memory) or
+        "masked" (the L×L reference); same outputs, same parameters: the choice is not in the state dict."""
         if impl not in ATTENTION_IMPLS:
             raise InputError(f"RPA attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
         for block in (self.mapformer.self_attn, self.mapformer.cross_attn):
