@@ -239,7 +239,8 @@ class PoseTransferPipeline:
     def transfer(self, source_img, target_pose, steps: int = 20, cfg: float | None = None, guidance=None,
                  seed: int = 0, progress: Callable[[int, int], None] | None = None, *, source_pose=None,
                  retarget: bool = False, eta: float = 0.0, fit: str = "pad", pad_value=None,
-                 spacing: str = "pidm", clip_x0: bool | None = None) -> TransferResult:
+                 spacing: str = "pidm", clip_x0: bool | None = None,
+                 aligned_start: float | None = None) -> TransferResult:
         """Re-render the person of `source_img` in `target_pose` (module docstring).
 
         source_img: (H, W, 3) uint8 / float [0, 1], or a list of them / (B, H, W, 3) array for a batch.
@@ -254,7 +255,10 @@ class PoseTransferPipeline:
         fit: "pad" (keep aspect, pad with `pad_value`, default the source's border colour) or "stretch".
         clip_x0: clamp each step's x̂0 to [-1, 1] (improved-DDPM / PIDM `clip_denoised`); None = on for the pixel
             and pixel-unshuffle codecs (their space is the image itself, so the clamp is exact), off for VAE latents.
-            Without it, an undertrained model's x̂0 error at high noise (amplified by 1/√ᾱ_t) can make DDIM diverge."""
+            Without it, an undertrained model's x̂0 error at high noise (amplified by 1/√ᾱ_t) can make DDIM diverge.
+        aligned_start: OUR ADDITION (b2 / full models): instead of pure noise, start from RPA's aligned source noised
+            to this fraction of the trajectory (0 < s ≤ 1; t_start = s·T, as SDEdit): the denoiser then corrects the
+            warp rather than drawing the person from scratch. None (default) samples from noise like the paper."""
         start = time.perf_counter()
         if fit not in FIT_MODES:
             raise InputError(f"fit must be one of {FIT_MODES}, got {fit!r}")
@@ -263,7 +267,10 @@ class PoseTransferPipeline:
         targets = self._per_item(target_pose, B, "target_pose")
         src_poses = self._per_item(source_pose, B, "source_pose") if source_pose is not None else [None] * B
         cfg_w = float(self.model.config.cfg_scale if cfg is None else cfg)
-        total_steps = len(spaced_timesteps(self.diffusion.num_timesteps, steps, spacing))
+        timesteps = spaced_timesteps(self.diffusion.num_timesteps, steps, spacing)
+        if aligned_start is not None:  # sampling starts part-way (the progress bar counts only those steps)
+            timesteps = [t for t in timesteps if t <= round(float(aligned_start) * (self.diffusion.num_timesteps - 1))]
+        total_steps = max(1, len(timesteps))
 
         # 1. canvas
         placements, canvas_imgs, canvas_poses, frame_poses = [], [], [], []
@@ -314,7 +321,16 @@ class PoseTransferPipeline:
         eps_fn = make_eps_fn(self.model, pose_map, cond.features_only(), null, w=cfg_w)
         if clip_x0 is None:
             clip_x0 = isinstance(self.codec, (IdentityCodec, PixelUnshuffleCodec))
-        z0 = ddim_sample(eps_fn, x_T, self.diffusion, steps=steps, eta=eta, x0_hook=hook,
+        start_kw = {}
+        if aligned_start is not None:
+            if not cond.warped:
+                raise InputError("aligned_start needs a model with Recurrent Pose Alignment (b2 / full); this model "
+                                 "is b1 (PIDM)")
+            if not 0.0 < float(aligned_start) <= 1.0:
+                raise InputError(f"aligned_start must lie in (0, 1], got {aligned_start!r}")
+            start_kw = dict(t_start=int(round(float(aligned_start) * (self.diffusion.num_timesteps - 1))),
+                            x_init=cond.warped[-1])
+        z0 = ddim_sample(eps_fn, x_T, self.diffusion, steps=steps, eta=eta, x0_hook=hook, **start_kw,
                          callback=lambda info: tick(), generator=gen if eta > 0 else None, spacing=spacing,
                          clip_denoised=bool(clip_x0))
         with torch.no_grad():

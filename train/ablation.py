@@ -215,10 +215,10 @@ def keypoint_energy_of(estimator, images01: np.ndarray, poses, sigma: float) -> 
 
 
 @torch.no_grad()
-def appearance_sensitivity(pipe, sources, poses, targets01, ts=(100, 500, 900), n: int = 30) -> dict:
-    """How much the denoiser listens to the source: mean |ε(x_t, pose, src) − ε(x_t, pose, ∅)| / mean |ε| at a few
-    t (x_t from the ground-truth target). Near 0 = the appearance pathway is not used (yet)."""
-    from repose_core.diffusion import linear_betas  # noqa: F401  (the pipeline's diffusion is used)
+def source_gain(pipe, sources, poses, targets01, ts=(100, 500, 900), n: int = 30) -> dict:
+    """How much the denoiser uses the source, in x̂0 space: 1 − MSE(x̂0 | source) / MSE(x̂0 | ∅) against the
+    ground-truth target, with x_t made from that target at a few t (0 = the source is ignored, 1 = it explains every
+    error the pose alone leaves). Unlike |ε(src) − ε(∅)| / |ε| it does not vanish at high t, where ε ≈ x_t."""
     from repose_core.pose import render_pidm_pose_map
 
     model, codec = pipe.model, pipe.codec
@@ -228,7 +228,7 @@ def appearance_sensitivity(pipe, sources, poses, targets01, ts=(100, 500, 900), 
     z_src, x0 = codec.encode(src), codec.encode(tgt)
     pm = torch.from_numpy(np.stack([render_pidm_pose_map(p, H, W) for p in poses[:n]])).permute(0, 3, 1, 2)
     pm = model.encode_pose(pm, size=tuple(x0.shape[-2:]))
-    cond = model.prepare(z_src, pm)
+    cond = model.prepare(z_src, pm).features_only()
     null = model.null_cond(cond)
     gen = torch.Generator().manual_seed(0)
     out = {}
@@ -236,9 +236,18 @@ def appearance_sensitivity(pipe, sources, poses, targets01, ts=(100, 500, 900), 
         tt = torch.full((x0.shape[0],), t, dtype=torch.long)
         x_t = pipe.diffusion.q_sample(x0, tt, torch.randn(x0.shape, generator=gen))
         C = x0.shape[1]
-        a, b = model(x_t, tt, pm, cond)[:, :C], model(x_t, tt, pm, null)[:, :C]
-        out[f"t{t}"] = float((a - b).abs().mean() / a.abs().mean())
+        mse = [(pipe.diffusion.predict_x0_from_eps(x_t, tt, model(x_t, tt, pm, c)[:, :C]).clamp(-1, 1) - x0)
+               .pow(2).mean().item() for c in (cond, null)]
+        out[f"t{t}"] = 1.0 - mse[0] / mse[1]
     return out
+
+
+# (label, run folder under --runs, sampling guidance): the paper's three variants, then our additions as own rows
+EVAL_ROWS = (("B1 (PIDM)", "b1", False), ("B2 (+ RPA)", "b2", False), ("full, no sampling guidance", "full", False),
+             ("full (RePoseDM)", "full", True), ("B2 + aligned input (ours)", "b2_aligned", False),
+             ("full + aligned input (ours)", "full_aligned", True),
+             ("B2 + aligned input + aligned-x0 (ours)", "b2_resid", False),
+             ("shipped default: + aligned-x0 + guidance (ours)", "b2_resid", True))
 
 
 def cmd_eval(args) -> int:
@@ -282,10 +291,9 @@ def cmd_eval(args) -> int:
                         "eval_estimator": args.eval_estimator or args.estimator,
                         "data_root": args.data_root, "git_commit": git_commit(), "threads": args.threads},
                "references": {"ground_truth": summarise(gt01), "copy_source": summarise(src01)}, "rows": {}}
-    rows = [("B1", "b1", None), ("B2", "b2", None), ("full (no sampling guidance)", "full", None),
-            ("full", "full", {"scale": args.guidance_scale, "every": args.guidance_every})]
     pipes = {}
-    for label, variant, guidance in rows:
+    for label, variant, guided in EVAL_ROWS:
+        guidance = {"scale": args.guidance_scale, "every": args.guidance_every} if guided else None
         path = runs / variant / "ema.safetensors"
         if not path.is_file():
             print(f"skipping {label}: {path} not found", flush=True)
@@ -293,13 +301,15 @@ def cmd_eval(args) -> int:
         if variant not in pipes:
             pipes[variant] = PoseTransferPipeline.from_files(path)
             pipes[variant].estimator = estimator
-            results.setdefault("appearance_sensitivity", {})[variant] = appearance_sensitivity(
+            results.setdefault("source_gain", {})[variant] = source_gain(
                 pipes[variant], data["sources"], data["target_poses"], gt01)
+            rec = run_record(runs / variant)
+            results.setdefault("training", {})[variant] = {k: rec.get(k) for k in ("steps", "seconds", "device")}
         pipe = pipes[variant]
         per_seed = []
         for seed in args.seeds:
             t0 = time.perf_counter()
-            outs, warp_err, energies = [], [], []
+            outs, warp_err, energies, warps = [], [], [], []
             for i in range(0, len(gt01), args.batch):
                 r = pipe.transfer(data["sources"][i:i + args.batch], data["target_poses"][i:i + args.batch],
                                   steps=args.steps, cfg=args.cfg, guidance=guidance, seed=seed * 1000 + i,
@@ -307,10 +317,13 @@ def cmd_eval(args) -> int:
                 outs.append(r.canvas_images)
                 if r.warped:
                     warp_err.append(np.abs(r.warped[-1] - gt01[i:i + args.batch]).mean(axis=(1, 2, 3)))
+                    warps.append(r.warped[-1])
                 if r.guidance_history:
                     energies.append((np.array(r.guidance_history[0]["energy"]),
                                      np.array(r.guidance_history[-1]["energy"])))
             pred = np.concatenate(outs)
+            if warps and f"rpa_warp ({variant})" not in results["references"]:  # the warp alone, no denoiser
+                results["references"][f"rpa_warp ({variant})"] = summarise(np.concatenate(warps))
             extra = {"seconds": round(time.perf_counter() - t0, 1)}
             if warp_err:
                 extra["rpa_warp_l1"] = float(np.concatenate(warp_err).mean())
@@ -328,13 +341,24 @@ def cmd_eval(args) -> int:
                 for j in range(min(8, len(pred))):
                     Image.fromarray((pred[j] * 255).round().astype(np.uint8)).save(
                         folder / f"{tag}_seed{seed}_{j}.png")
-        results["rows"][label] = {"variant": variant, "guidance": guidance, "per_seed": per_seed,
+        results["rows"][label] = {"run": variant, "guidance": guidance, "per_seed": per_seed,
                                   "summary": aggregate(per_seed)}
     results["meta"]["rpa_warp_l1_identity"] = float(np.abs(src01 - gt01).mean())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
+
+
+def run_record(run: Path) -> dict:
+    """record.json of a run folder (steps, seconds, ...), {} when absent; "device" from its options."""
+    try:
+        rec = json.loads((run / "record.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    argv = rec.get("train_deepfashion_argv", [])
+    rec["device"] = argv[argv.index("--device") + 1] if "--device" in argv else "?"
+    return rec
 
 
 def aggregate(per_seed: list[dict]) -> dict:
@@ -419,14 +443,18 @@ def cmd_table(args) -> int:
         gt = res["references"]["ground_truth"]["by_kind"]
         lines.append("| *ground truth* | " + " | ".join(f"{gt[k]['pck']:.2f}" for k in kinds) + " |")
         lines.append("| pairs | " + " | ".join(str(gt[k]["n"]) for k in kinds) + " |")
-    sens = res.get("appearance_sensitivity")
-    if sens:
-        ts = list(next(iter(sens.values())))
-        lines += ["", "Appearance sensitivity of the denoiser, mean |ε(src) − ε(∅)| / mean |ε| (0 = the source is "
-                  "ignored):", "", "| variant | " + " | ".join(t.replace("t", "t = ") for t in ts) + " |",
-                  "|---|" + "---|" * len(ts)]
-        for variant, row in sens.items():
-            lines.append(f"| {variant} | " + " | ".join(f"{row[t]:.4f}" for t in ts) + " |")
+    gain = res.get("source_gain")
+    if gain:
+        ts = list(next(iter(gain.values())))
+        training = res.get("training", {})
+        lines += ["", "Use of the source by each denoiser, x̂0-space gain 1 − MSE(x̂0 | source) / MSE(x̂0 | ∅) "
+                  "against the target (0 = ignored), and its training:", "",
+                  "| run | " + " | ".join(t.replace("t", "t = ") for t in ts) + " | training steps | device |",
+                  "|---|" + "---|" * (len(ts) + 2)]
+        for run, row in gain.items():
+            tr = training.get(run, {})
+            lines.append(f"| {run} | " + " | ".join(f"{row[t]:.3f}" for t in ts) +
+                         f" | {tr.get('steps', '?')} | {tr.get('device', '?')} |")
     text = "\n".join(lines) + "\n"
     if args.out:
         Path(args.out).write_text(text)

@@ -81,9 +81,11 @@ class Options:
                                                             "choices": CONFIG_NAMES})
     rpa_iterations: int = field(default=0, metadata={"help": "N, recurrent RPA iterations (0 = the preset's; "
                                                              "paper: 5)"})
-    prediction: str = field(default="", metadata={"help": "what the network predicts: eps | v ('' = the preset's: "
-                                                         "v for the miniatures, eps otherwise)",
-                                                 "choices": ("", "eps", "v")})
+    prediction: str = field(default="", metadata={"help": "what the network predicts: eps | v | aligned_x0 (ours: the "
+                                                         "correction of the aligned source; needs "
+                                                         "--aligned-source-input) ('' = the preset's: v for the "
+                                                         "miniatures, eps otherwise)",
+                                                 "choices": ("", "eps", "v", "aligned_x0")})
     aligned_source_input: bool = field(default=False, metadata={"help": "OUR ADDITION: also concatenate the "
                                                                        "RPA-aligned source to the UNet input "
                                                                        "(b2 / full)"})
@@ -91,6 +93,9 @@ class Options:
                                                    "(deepfashion512)"})
     init: str = field(default="", metadata={"help": "start from this repose_dm / converted PIDM file (the UNet; "
                                                     "and the RPA when both have one)"})
+    init_parts: str = field(default="all", metadata={"help": "what --init loads: all | rpa (only the RPA, e.g. "
+                                                             "to give a new denoiser a trained alignment)",
+                                                     "choices": ("all", "rpa")})
     # loss
     timesteps: int = field(default=1000, metadata={"help": "T (linear β 1e-4 -> 2e-2)"})
     cond_dropout: float = field(default=0.1, metadata={"help": "probability of the ∅ (zero) source, for CFG"})
@@ -168,11 +173,16 @@ def build_model(opts: Options) -> tuple[RePoseDM, object, GaussianDiffusion]:
     model = RePoseDM(config, codec=codec)
     if opts.init:
         src = as_repose_model(load_model(opts.init))
-        model.net.load_state_dict(src.net.state_dict(), strict=True)
+        parts = []
+        if opts.init_parts == "all":
+            model.net.load_state_dict(src.net.state_dict(), strict=True)
+            parts.append("UNet")
         if model.rpa is not None and src.rpa is not None:
             model.rpa.load_state_dict(src.rpa.state_dict(), strict=True)
-        log.info("initialised from %s (%s)", opts.init, "UNet + RPA" if src.rpa is not None and model.rpa is not None
-                 else "UNet")
+            parts.append("RPA")
+        if not parts:
+            raise InputError(f"--init {opts.init} --init-parts rpa: one of the two models has no RPA")
+        log.info("initialised from %s (%s)", opts.init, " + ".join(parts))
     return model, model.codec, GaussianDiffusion(linear_betas(config.timesteps))
 
 

@@ -284,9 +284,9 @@ class GaussianDiffusion:
 
     def loss_weight_for(self, prediction: str, t: Tensor) -> Tensor | None:
         """Per-sample weight of the ε-MSE for a model that predicts `prediction`: None for "eps" (PIDM's equal
-        weights), 1/ᾱ_t for "v" (ε − ε_θ = √ᾱ_t·(v − v_θ), so ε-MSE/ᾱ_t is the v-MSE)."""
+        weights), 1/ᾱ_t for "v" and "aligned_x0" (ε − ε_θ = √ᾱ_t·(v − v_θ), so ε-MSE/ᾱ_t is the v-MSE)."""
         if prediction == "eps":
             return None
-        if prediction == "v":
+        if prediction in ("v", "aligned_x0"):  # aligned_x0: the same v-space MSE (RePoseConfig.prediction)
             return 1.0 / self._table("alphas_cumprod", t.device)[t].float()
-        raise InputError(f"unknown prediction {prediction!r}; accepted: 'eps', 'v'")
+        raise InputError(f"unknown prediction {prediction!r}; accepted: 'eps', 'v', 'aligned_x0'")

@@ -25,6 +25,10 @@ miniature presets predict v: with ε-prediction and equal weights over t, x̂0 e
 `aligned_source_input` (OUR ADDITION, off in the paper's variants): the RPA-aligned source W(I_S; F^N) is also
 concatenated to the UNet input, so the denoiser can read the aligned appearance at the same place at every
 resolution, not only through cross-attention (which has no position signal). Needs RPA (b2 / full).
+`prediction="aligned_x0"` (OUR ADDITION, with `aligned_source_input`): the network predicts the correction
+x0 − W(I_S; F^N) of the aligned source, so an untrained network already returns RPA's warp (x̂0 = aligned source)
+and training teaches it to repair what the warp got wrong; forward() converts to ε like "v", and the loss is the
+same v-space MSE.
 """
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ __all__ = ["RePoseConfig", "RPAConfig", "UNetConfig", "get_config", "CONFIG_NAME
            "PREDICTIONS"]
 
 VARIANTS = ("b1", "b2", "full")
-PREDICTIONS = ("eps", "v")
+PREDICTIONS = ("eps", "v", "aligned_x0")
 POSE_ENCODINGS = ("pidm20", "skeleton_codec")
 PIDM_POSE_CHANNELS = 20
 
@@ -93,6 +97,8 @@ class RePoseConfig:
             bad("prediction", f"accepted: {', '.join(PREDICTIONS)}")
         if self.aligned_source_input and self.variant == "b1":
             bad("aligned_source_input", "needs Recurrent Pose Alignment (variant 'b2' or 'full')")
+        if self.prediction == "aligned_x0" and not self.aligned_source_input:
+            bad("prediction", "'aligned_x0' corrects the aligned source: it needs aligned_source_input=True")
 
         pose = self.pose_channels
         extra = channels if self.aligned_source_input else 0

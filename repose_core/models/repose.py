@@ -222,8 +222,12 @@ class RePoseDM(nn.Module):
             inputs.append(cond.aligned_source.to(x_t.dtype))
         out = self.net.denoise(self._pad(torch.cat(inputs, dim=1)), t, cond.features)  # (B, 2C, H, W)
         out = out[..., : x_t.shape[-2], : x_t.shape[-1]]
+        C = x_t.shape[1]
         if self.config.prediction == "v":
-            out = torch.cat([self.eps_from_v(x_t, t, out[:, : x_t.shape[1]]), out[:, x_t.shape[1]:]], dim=1)
+            out = torch.cat([self.eps_from_v(x_t, t, out[:, :C]), out[:, C:]], dim=1)
+        elif self.config.prediction == "aligned_x0":
+            x0 = cond.aligned_source.float() + out[:, :C].float()
+            out = torch.cat([self.eps_from_x0(x_t, t, x0).to(out.dtype), out[:, C:]], dim=1)
         return out
 
     def alphas_cumprod_at(self, t: Tensor, like: Tensor) -> Tensor:
@@ -240,6 +244,11 @@ class RePoseDM(nn.Module):
         low, high = t.floor().long(), t.ceil().long()
         abar = table[low] + (t - low) * (table[high] - table[low])
         return abar.view(-1, *([1] * (like.ndim - 1)))
+
+    def eps_from_x0(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
+        """ε = (x_t − √ᾱ·x0) / √(1−ᾱ): the noise consistent with a predicted clean sample."""
+        abar = self.alphas_cumprod_at(t, x_t)
+        return (x_t.float() - abar.sqrt() * x0.float()) / (1 - abar).sqrt()
 
     def eps_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
         """ε = √ᾱ·v + √(1−ᾱ)·x_t (v-parameterisation, Salimans & Ho 2022, eq. in their appendix D)."""
