@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     from repose_core.metrics import pose_accuracy
-    from repose_core.pipeline import PoseTransferPipeline, load_estimator
+    from repose_core.estimator import build_estimator
+    from repose_core.pipeline import PoseTransferPipeline
     from repose_core.pose.keypoints import openpose18_to_coco17
     from repose_core.synthetic import generate_dataset
     from train.ablation import estimate_coco, image_metrics, load_test_pairs
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
         data = load_test_pairs(Path(tmp), args.pairs)
     gt = np.stack(data["targets"]).astype(np.float32) / 255
     gt_kp = np.stack([openpose18_to_coco17(p).keypoints for p in data["target_poses"]])
-    estimator = load_estimator(WEIGHTS / "repose_default_estimator.safetensors")
+    estimator = build_estimator(WEIGHTS / "repose_default_estimator.safetensors")
 
     def score(images: np.ndarray, extra: dict | None = None) -> dict:
         m = image_metrics(images, gt)

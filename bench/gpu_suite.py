@@ -178,7 +178,7 @@ def pose_inputs(model: RePoseDM, B: int, device, dtype):
 
 def section_sampling(plan: Plan, record) -> None:
     from repose_core.guidance import PoseGuidance
-    from repose_core.pipeline import load_estimator
+    from repose_core.estimator import build_estimator
     from repose_core.pose import PoseFrame
     from repose_core.pose.keypoints import to_layout
 
@@ -189,7 +189,7 @@ def section_sampling(plan: Plan, record) -> None:
             model, codec_kind = build_model(preset, "full", device, dtype)
             diffusion = GaussianDiffusion(linear_betas(model.config.timesteps))
             H, W = model.config.image_size
-            estimator = load_estimator(ESTIMATOR, device=device)
+            estimator = build_estimator(ESTIMATOR, device=device)
             pose, pose_px = pose_inputs(model, 1, device, dtype)
             source = torch.rand(1, 3, H, W, device=device, dtype=dtype) * 2 - 1
             est_size = getattr(getattr(estimator, "config", None), "input_size", None)

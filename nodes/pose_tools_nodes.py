@@ -44,16 +44,16 @@ class LoadedEstimator:
         return self.module
 
 
-def load_estimator(ckpt_name: str, dtype: str = "fp32") -> LoadedEstimator:
+def load_named_estimator(ckpt_name: str, dtype: str = "fp32") -> LoadedEstimator:
     """Our SmallHRNet / HigherHRNet safetensors, or a HigherHRNet checkpoint in mmpose / original layout (.pth/.pt
     via the restricted loader) -> estimator, built outside inference mode so that guidance can differentiate it."""
-    from ..repose_core.pipeline import load_estimator as load_estimator_file
+    from ..repose_core.estimator import build_estimator
     from .comfy_runtime import ModuleHolder, patcher_for
 
     path = resolve_model("pose_estimators", ckpt_name)
     check_kind(path, ("pose_estimator",), "RePose Load Pose Estimator")
     with torch.inference_mode(False):
-        module = load_estimator_file(path, dtype=resolve_dtype(dtype))
+        module = build_estimator(path, dtype=resolve_dtype(dtype))
     return LoadedEstimator(module, patcher_for(ModuleHolder(module)), ckpt_name)
 
 
@@ -82,7 +82,7 @@ class RePoseLoadPoseEstimator:
 
     @reports_user_errors
     def load(self, ckpt_name, dtype="fp32"):
-        return (load_estimator(ckpt_name, dtype),)
+        return (load_named_estimator(ckpt_name, dtype),)
 
 
 CONFIDENCE_MODES = ("binary", "estimator")

@@ -53,6 +53,8 @@ __all__ = [
     "load_state_dict_strict",
     "check_state_dict",
     "restricted_load",
+    "restricted_unpickler",
+    "RefusedGlobal",
     "tensor_state_dict",
 ]
 
@@ -435,15 +437,28 @@ def _stub_class(module: str, name: str) -> type:
     return _STUB_CLASSES[key]
 
 
-class _RefusedGlobal(Exception):
-    def __init__(self, name: str, why: str):
+class RefusedGlobal(Exception):
+    """A restricted unpickler met a global outside its allow-list. `module`/`qualname` name it as the pickle did,
+    `name` is the quoted spelling for messages (with the Python 3 name when the pickle used a Python 2 one)."""
+
+    def __init__(self, module: str, qualname: str, name: str, why: str):
         super().__init__(name)
-        self.name, self.why = name, why
+        self.module, self.qualname, self.name, self.why = module, qualname, name, why
 
 
-def _make_pickle_module(allow_unknown: str) -> types.ModuleType:
-    """A pickle-module look-alike for torch.load whose Unpickler never imports anything."""
-    allowed = _allowed_globals()
+def restricted_unpickler(allowed: Mapping[tuple[str, str], Any], allow_unknown: str = "refuse"
+                         ) -> type[pickle.Unpickler]:
+    """The one restricted unpickler: a `pickle.Unpickler` class whose `find_class` resolves only the
+    `(module, name)` globals in `allowed` (to the objects given there) and never imports anything.
+
+    allow_unknown="refuse": any other global raises `RefusedGlobal`.
+    allow_unknown="stub": unknown classes become `PickleStub` subclasses; globals from dangerous modules (os,
+    subprocess, builtins, torch internals, ...) still raise `RefusedGlobal`.
+    Used by `restricted_load` (torch checkpoints) and by the pose readers (numpy object arrays in HumanSD files).
+    """
+    if allow_unknown not in ("refuse", "stub"):
+        raise InputError(f"allow_unknown={allow_unknown!r}; accepted: 'refuse', 'stub'")
+    allowed = dict(allowed)
 
     class RestrictedUnpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str):
@@ -460,13 +475,20 @@ def _make_pickle_module(allow_unknown: str) -> types.ModuleType:
                 return _stub_class(module, name)
             why = "a dangerous global" if allow_unknown == "stub" else "not an allowed tensor-checkpoint global"
             shown = f"'{module}.{name}'" + (f" (= {mapped[0]}.{mapped[1]})" if mapped != (module, name) else "")
-            raise _RefusedGlobal(shown, why)
+            raise RefusedGlobal(module, name, shown, why)
+
+    return RestrictedUnpickler
+
+
+def _make_pickle_module(allow_unknown: str) -> types.ModuleType:
+    """A pickle-module look-alike for torch.load whose Unpickler never imports anything."""
+    unpickler = restricted_unpickler(_allowed_globals(), allow_unknown)
 
     def load(file, **kwargs):
-        return RestrictedUnpickler(file, **kwargs).load()
+        return unpickler(file, **kwargs).load()
 
     module = types.ModuleType("repose_restricted_pickle")
-    module.Unpickler = RestrictedUnpickler
+    module.Unpickler = unpickler
     module.load = load
     module.__name__ = "repose_restricted_pickle"
     return module
@@ -481,8 +503,7 @@ def restricted_load(path: str | os.PathLike, allow_unknown: str = "refuse") -> A
     TorchScript archives are refused (loading them runs serialized code).
     """
     path = os.fspath(path)
-    if allow_unknown not in ("refuse", "stub"):
-        raise InputError(f"allow_unknown={allow_unknown!r}; accepted: 'refuse', 'stub'")
+    pickle_module = _make_pickle_module(allow_unknown)  # InputError for an unknown allow_unknown
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
     if zipfile.is_zipfile(path):
@@ -496,9 +517,9 @@ def restricted_load(path: str | os.PathLike, allow_unknown: str = "refuse") -> A
                                   f"model's state_dict with torch.save instead")
     try:
         with open(path, "rb") as f:
-            return torch.load(f, map_location="cpu", pickle_module=_make_pickle_module(allow_unknown),
+            return torch.load(f, map_location="cpu", pickle_module=pickle_module,
                               weights_only=False, mmap=False)
-    except _RefusedGlobal as e:
+    except RefusedGlobal as e:
         hint = ("" if allow_unknown == "stub" else
                 "; if this is a training checkpoint that also pickles config objects, "
                 "restricted_load(path, allow_unknown='stub') can still extract its tensors")

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from .diffusion import GaussianDiffusion, ddim_sample, linear_betas, make_eps_fn, spaced_timesteps
 from .errors import CheckpointError, EmptyPoseError, InputError
+from .estimator import build_estimator
 from .models.codec import Codec, IdentityCodec, PixelUnshuffleCodec
 from .pose import Pose, PoseFrame, fit_params, render_pidm_pose_map, resize_image, retarget_pose, transform_pose
 from .pose.keypoints import to_layout
@@ -169,7 +170,7 @@ class PoseTransferPipeline:
                                   f"('repose_dm') or converted PIDM ('pidm') checkpoint")
         with torch.inference_mode(False):
             model = as_repose_model(load_model(model_path, device=device))
-        estimator = load_estimator(estimator_path, device=device) if estimator_path is not None else None
+        estimator = build_estimator(estimator_path, device=device) if estimator_path is not None else None
         return cls(model, vae_codec, estimator)
 
     @classmethod
@@ -422,22 +423,5 @@ class PoseTransferPipeline:
         return max(32, int(round(max(Hm, Wm) * input_size / min(Hm, Wm))))
 
 
-def load_estimator(path, *, device="cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
-    """A frozen pose estimator from a file: our SmallHRNet safetensors (builder "small_hrnet"), or any HigherHRNet
-    checkpoint `repose_core.estimator.build_estimator` reads (ours, mmpose, original repo)."""
-    import os
-
-    from .estimator import build_estimator
-    from .estimator.small_hrnet import BUILDER, load_small_hrnet
-
-    path = os.fspath(path)
-    if path.endswith(".safetensors"):
-        from .checkpoint import read_metadata
-
-        try:
-            meta = read_metadata(path)
-        except CheckpointError:
-            meta = {}
-        if meta.get("class") == BUILDER:
-            return load_small_hrnet(path, device=device, dtype=dtype)
-    return build_estimator(path, device=device, dtype=dtype)
+# The one estimator loader is repose_core.estimator.build_estimator; this alias stays for callers not yet moved.
+load_estimator = build_estimator

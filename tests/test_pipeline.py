@@ -9,7 +9,8 @@ from PIL import Image
 from repose_core.checkpoint import save_model
 from repose_core.errors import CheckpointError, InputError
 from repose_core.estimator.small_hrnet import SmallHRNet, SmallHRNetConfig
-from repose_core.pipeline import PoseTransferPipeline, TransferResult, load_estimator, pose_in_frame
+from repose_core.estimator import build_estimator
+from repose_core.pipeline import PoseTransferPipeline, TransferResult, pose_in_frame
 from repose_core.pose import Pose, PoseFrame, load_pose_file
 from repose_core.pose.geometry import _bone_lengths
 
@@ -210,7 +211,7 @@ def test_from_files_matches_the_in_memory_pipeline(tmp_path, pipes, examples, es
     with pytest.raises(CheckpointError, match="not a pose-transfer model"):
         PoseTransferPipeline.from_files(est_path)
     with pytest.raises(CheckpointError):
-        load_estimator(model_path)
+        build_estimator(model_path)
 
 
 def test_x0_clipping_is_on_for_pixel_codecs_and_can_be_switched_off(examples):

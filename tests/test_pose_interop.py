@@ -171,12 +171,12 @@ class _Estimator:
 
 
 def test_pose_from_image_writes_confidences_controlnet_aux_keeps():
-    from repose_core.pipeline import load_estimator
+    from repose_core.estimator import build_estimator
     from PIL import Image
 
     pack = import_pack()
     tools = sys.modules[f"{pack.__name__}.nodes.pose_tools_nodes"]
-    module = load_estimator(REPO / "repose_core" / "weights" / "repose_default_estimator.safetensors")
+    module = build_estimator(REPO / "repose_core" / "weights" / "repose_default_estimator.safetensors")
     img = np.asarray(Image.open(REPO / "repose_core/synthetic/examples/64x44/source_0.png").convert("RGB"))
     image = torch.from_numpy(img.astype(np.float32) / 255.0)[None]
     binary = tools.estimate_pose_keypoint(_Estimator(module), image, threshold=0.0)

@@ -10,7 +10,6 @@ energy compares estimator heatmaps / features of the predicted x̂0 with those o
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -19,11 +18,9 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..pose.keypoints import COCO17
-from .base import PoseEstimator
+from .base import IMAGENET_MEAN, IMAGENET_STD, PoseEstimator, crop  # noqa: F401 (IMAGENET_*: re-exported)
 
 BN_MOMENTUM = 0.1
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # The four HRNet branches run at strides 4, 8, 16, 32: network inputs must be multiples of 32.
 SIZE_MULTIPLE = 32
 
@@ -234,6 +231,8 @@ class HigherHRNet(PoseEstimator):
     BatchNorm to batch statistics.
     """
 
+    size_multiple = SIZE_MULTIPLE
+
     def __init__(self, config: HigherHRNetConfig = HigherHRNetConfig()):
         super().__init__()
         self.config = config
@@ -288,86 +287,23 @@ class HigherHRNet(PoseEstimator):
 
     def forward_raw(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Normalised input (B,3,H,W), H and W multiples of 32 -> (backbone feature, [out0, out1])."""
-        _check_image(x, "forward_raw input")
-        h, w = x.shape[-2:]
-        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
-            raise InputError(
-                f"HigherHRNet.forward_raw got an input of size H={h}, W={w}; the network needs H and W to be "
-                f"multiples of {SIZE_MULTIPLE} (e.g. {_round_up(h)}x{_round_up(w)}). Pad the input, or use "
-                "features()/heatmaps(), which pad and crop automatically.")
+        self.check_padded(x)
         feat = self.backbone(x)
         return feat, self.head(feat)
 
     forward = forward_raw
 
-    # --- PoseEstimator interface --------------------------------------------------------------------------------
-    def normalise(self, img01: Tensor) -> Tensor:
-        """RGB [0,1] -> ImageNet-normalised network input (the statistics both reference codebases use)."""
-        mean = torch.tensor(IMAGENET_MEAN, dtype=img01.dtype, device=img01.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, dtype=img01.dtype, device=img01.device).view(1, 3, 1, 1)
-        return (img01 - mean) / std
-
-    def _run(self, img01: Tensor) -> tuple[Tensor, list[Tensor], tuple[int, int]]:
-        _check_image(img01, "image")
-        h, w = img01.shape[-2:]
-        x = self.normalise(img01)
-        ph, pw = _round_up(h) - h, _round_up(w) - w
-        if ph or pw:
-            # Zero in normalised space = the ImageNet mean colour; right/bottom so coordinates are unchanged.
-            x = F.pad(x, (0, pw, 0, ph))
-        feat, outs = self.forward_raw(x)
-        return feat, outs, (h, w)
-
-    def aggregate(self, outs: list[Tensor]) -> Tensor:
-        """HigherHRNet multi-resolution heatmap aggregation: mean of upsampled out0 heatmaps and out1."""
-        out0, out1 = outs
-        j = self.config.num_joints
-        up = F.interpolate(out0[:, :j], size=out1.shape[-2:], mode="bilinear", align_corners=self.config.udp)
-        return (up + out1) / 2
-
-    def features(self, img01: Tensor) -> Tensor:
-        """RGB [0,1] (B,3,H,W) -> backbone feature (B, width, ceil(H/4), ceil(W/4))."""
-        feat, _, (h, w) = self._run(img01)
-        return feat[..., :_ceil_div(h, 4), :_ceil_div(w, 4)]
-
-    def heatmaps(self, img01: Tensor) -> Tensor:
-        """RGB [0,1] (B,3,H,W) -> aggregated joint heatmaps (B, J, ceil(H/2), ceil(W/2))."""
-        return self.features_and_heatmaps(img01)[1]
-
-    def features_and_heatmaps(self, img01: Tensor) -> tuple[Tensor, Tensor]:
-        feat, outs, (h, w) = self._run(img01)
-        hm = self.aggregate(outs)
-        return feat[..., :_ceil_div(h, 4), :_ceil_div(w, 4)], hm[..., :_ceil_div(h, 2), :_ceil_div(w, 2)]
-
+    # --- PoseEstimator interface: normalise, pad, aggregate and crop come from the base class -------------------
     def heatmaps_and_tags(self, img01: Tensor) -> tuple[Tensor, Tensor]:
         """Aggregated heatmaps (B,J,h2,w2) and AE tags (B,T,h2,w2) resized to the heatmap grid (for grouping)."""
-        _, outs, (h, w) = self._run(img01)
+        _, outs = self.raw_outputs(img01)
+        h, w = img01.shape[-2:]
         hm = self.aggregate(outs)
         tags = F.interpolate(outs[0][:, self.config.num_joints:], size=hm.shape[-2:], mode="bilinear",
                              align_corners=self.config.udp)
-        crop = (slice(None), slice(None), slice(0, _ceil_div(h, 2)), slice(0, _ceil_div(w, 2)))
-        return hm[crop], tags[crop]
+        return crop(hm, h, w, 2), crop(tags, h, w, 2)
 
 
 def _apply_transition(transition: nn.ModuleList, xs: list[Tensor]) -> list[Tensor]:
     """New branches (index >= len(xs)) are computed from the last existing branch."""
     return [xs[i] if t is None else t(xs[i] if i < len(xs) else xs[-1]) for i, t in enumerate(transition)]
-
-
-def _round_up(n: int, m: int = SIZE_MULTIPLE) -> int:
-    return int(math.ceil(n / m) * m)
-
-
-def _ceil_div(n: int, d: int) -> int:
-    return -(-n // d)
-
-
-def _check_image(x, what: str) -> None:
-    if not isinstance(x, Tensor):
-        raise InputError(f"HigherHRNet {what} must be a torch.Tensor (B,3,H,W), got {type(x).__name__}")
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise InputError(f"HigherHRNet {what} must have shape (B,3,H,W) with 3 RGB channels, got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise InputError(f"HigherHRNet {what} must be a float tensor (RGB in [0,1]), got dtype {x.dtype}")
-    if x.shape[-1] < 1 or x.shape[-2] < 1:
-        raise InputError(f"HigherHRNet {what} is empty: shape {tuple(x.shape)}")

@@ -1,6 +1,10 @@
-"""Reading HigherHRNet checkpoints in every layout people have, and building a frozen estimator from them.
+"""The one estimator loader: ``build_estimator`` reads every estimator file the pack accepts and returns a frozen
+``PoseEstimator``.
 
-Accepted sources (all map to the original-repo key layout of ``HigherHRNet``):
+- our safetensors of any estimator architecture (metadata ``kind="pose_estimator"``): the shipped SmallHRNet
+  (builder ``small_hrnet``) is rebuilt by ``repose_core.checkpoint.load_model``;
+- HigherHRNet checkpoints in every layout people have (all mapped to the original-repo key layout of
+  ``HigherHRNet``):
 - original HRNet/HigherHRNet-Human-Pose-Estimation ``.pth``: a plain state dict, no prefix;
 - mmpose 0.29 ``.pth``: ``{"meta": ..., "state_dict": {"backbone.*", "keypoint_head.*"}}``;
 - DataParallel dumps with a ``module.`` prefix; dicts without ``*.num_batches_tracked``;
@@ -21,13 +25,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..checkpoint import check_state_dict, load_model, register_model, restricted_load, save_model
 from ..errors import CheckpointError
+from .base import PoseEstimator
 from .higherhrnet import MAX_WIDTH, HigherHRNet, HigherHRNetConfig
 
 log = logging.getLogger("repose")
 
 KIND = "pose_estimator"
-FORMAT = "repose/1"
 ARCH = "higherhrnet"
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 # Prefixes stripped, in order, to reach the original-repo layout.
@@ -79,19 +84,14 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict]:
 
 def _read_pickle(path: Path) -> tuple[dict[str, Tensor], dict]:
     try:
-        from ..checkpoint import restricted_load
-    except ImportError:  # checkpoint module not available: fall back to torch's own restricted unpickler
-        obj = _weights_only_load(path)
-    else:
+        obj = restricted_load(path)
+    except CheckpointError as refused:
+        # mmcv's "meta" may pickle objects we must not import; inert stubs let us still take the tensors
+        # (anything that is not a tensor in the state dict is rejected below).
         try:
-            obj = restricted_load(path)
-        except CheckpointError as refused:
-            # mmcv's "meta" may pickle objects we must not import; inert stubs let us still take the tensors
-            # (anything that is not a tensor in the state dict is rejected below).
-            try:
-                obj = restricted_load(path, allow_unknown="stub")
-            except CheckpointError:
-                raise refused from None
+            obj = restricted_load(path, allow_unknown="stub")
+        except CheckpointError:
+            raise refused from None
     info = {"source": str(path), "format": "pickle"}
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict of tensors (a state dict), got {type(obj).__name__}")
@@ -107,13 +107,6 @@ def _read_pickle(path: Path) -> tuple[dict[str, Tensor], dict]:
         raise CheckpointError(f"{path}: entries that are not tensors: {bad[:5]}{' ...' if len(bad) > 5 else ''}; "
                               "expected a HigherHRNet state dict (original repo or mmpose 0.29 layout)")
     return dict(obj), info
-
-
-def _weights_only_load(path: Path):
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # the unpickler raises several types; report them all the same way
-        raise CheckpointError(f"{path}: refused or unreadable pickle ({type(e).__name__}: {e})") from e
 
 
 # --- layout mapping --------------------------------------------------------------------------------------------
@@ -191,46 +184,21 @@ def infer_config(sd: Mapping[str, Tensor], info: Mapping | None = None, *, udp: 
                              tag_per_joint=out0 == 2 * num_joints)
 
 
-def _check_strict(model: torch.nn.Module, sd: Mapping[str, Tensor], source: str) -> None:
-    """Key/shape check without loading (the model lives on the meta device)."""
-    try:
-        from ..checkpoint import check_state_dict
-    except ImportError:
-        check_state_dict = _local_check_state_dict
-    check_state_dict(model, sd, source=source)
-
-
-def _local_check_state_dict(model: torch.nn.Module, sd: Mapping[str, Tensor], source: str) -> None:
-    """Strict key/shape check that names every problem (used until repose_core.checkpoint provides one)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        def fmt(items):
-            return f"{len(items)} ({', '.join(items[:5])}{', ...' if len(items) > 5 else ''})"
-        raise CheckpointError(f"{source}: state dict does not match the model: missing {fmt(missing)}; "
-                              f"unexpected {fmt(unexpected)}; shape mismatches {fmt(shapes)}")
-
-
 # --- building --------------------------------------------------------------------------------------------------
 def build_estimator(state_dict_or_path, *, config: HigherHRNetConfig | None = None, udp: bool | None = None,
                     input_size: int | None = None, device: str | torch.device = "cpu",
-                    dtype: torch.dtype = torch.float32) -> HigherHRNet:
-    """Build a frozen ``HigherHRNet`` from a checkpoint path or an in-memory state dict (any supported layout).
+                    dtype: torch.dtype = torch.float32) -> PoseEstimator:
+    """A frozen ``PoseEstimator`` from any estimator file the pack reads, or from an in-memory HigherHRNet state dict
+    (any supported layout): our SmallHRNet safetensors, our HigherHRNet safetensors, mmpose 0.29 / original-repo
+    HigherHRNet checkpoints (module docstring). ``config``/``udp``/``input_size`` apply to HigherHRNet weights.
 
     Weights are created and loaded under ``torch.inference_mode(False)``, so the estimator can be differentiated
     later even if this is called inside ComfyUI's ``torch.inference_mode()`` (inference tensors cannot be saved
     for backward). Floating tensors are cast to ``dtype`` (fp16 checkpoints -> float32 by default)."""
     with torch.inference_mode(False):
         if isinstance(state_dict_or_path, (str, os.PathLike)):
-            other = _other_builder(state_dict_or_path)
-            if other is not None:  # our file of another estimator architecture (e.g. "small_hrnet")
-                from ..checkpoint import load_model
-
-                model = load_model(state_dict_or_path, expected_kind=KIND, device=device, dtype=dtype)
-                return model.freeze() if hasattr(model, "freeze") else model.eval().requires_grad_(False)
+            if _other_builder(state_dict_or_path) is not None:  # our file of another architecture ("small_hrnet")
+                return load_model(state_dict_or_path, expected_kind=KIND, device=device, dtype=dtype).freeze()
             raw, info = read_checkpoint(state_dict_or_path)
         elif isinstance(state_dict_or_path, Mapping):
             raw, info = dict(state_dict_or_path), {"source": "<state dict>"}
@@ -249,7 +217,7 @@ def build_estimator(state_dict_or_path, *, config: HigherHRNetConfig | None = No
         # Build on the meta device (no random init of ~30-60M weights), check, then adopt the loaded tensors.
         with torch.device("meta"):
             model = HigherHRNet(config)
-        _check_strict(model, sd, source)
+        check_state_dict(model, sd, source=source)
         model.load_state_dict(sd, strict=True, assign=True)
         model = model.to(device=device, dtype=dtype).freeze()
     log.info("loaded HigherHRNet-W%d (udp=%s) from %s", config.width, config.udp, source)
@@ -279,17 +247,7 @@ def _other_builder(path: str | os.PathLike) -> str | None:
 def save_estimator(path: str | os.PathLike, model: HigherHRNet) -> None:
     """Write ``model`` as our safetensors format: original-layout keys + metadata (format, kind, config), readable
     by ``build_estimator`` and by ``repose_core.checkpoint.load_model``."""
-    try:
-        from ..checkpoint import save_model
-    except ImportError:
-        from safetensors.torch import save_file
-
-        meta = {"format": FORMAT, "kind": KIND, "class": KIND, "config": json.dumps(model.config.to_dict()),
-                "arch": ARCH}
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(path),
-                  metadata=meta)
-    else:
-        save_model(path, model, KIND, extra_metadata={"arch": ARCH})
+    save_model(path, model, KIND, extra_metadata={"arch": ARCH})
 
 
 def _build_from_config(config: Mapping) -> HigherHRNet:
@@ -299,15 +257,4 @@ def _build_from_config(config: Mapping) -> HigherHRNet:
         return HigherHRNet(HigherHRNetConfig.from_dict(dict(config)))
 
 
-def _register() -> None:
-    try:
-        from ..checkpoint import register_model
-    except ImportError:
-        return
-    try:
-        register_model(KIND, _build_from_config)
-    except Exception as e:  # registry API mismatch must not break importing the estimator
-        log.warning("could not register the pose estimator builder with repose_core.checkpoint: %s", e)
-
-
-_register()
+register_model(KIND, _build_from_config)

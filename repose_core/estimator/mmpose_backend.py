@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, InputError, MissingDependencyError
-from .base import PoseEstimator
-from .higherhrnet import IMAGENET_MEAN, IMAGENET_STD, _ceil_div, _check_image, _round_up
+from .base import IMAGENET_MEAN, IMAGENET_STD, PoseEstimator, check_image, crop
 
 INSTALL_HINT = ("mmpose is not installed. The built-in HigherHRNet (repose_core.estimator.build_estimator) loads "
                 "original and mmpose 0.29 HigherHRNet checkpoints without it. To use other mmpose models install "
@@ -54,19 +53,23 @@ class MMPoseEstimator(PoseEstimator):
     def _head(self) -> nn.Module:
         return _head_of(self.model)
 
+    def normalise(self, img01: Tensor) -> Tensor:
+        return (img01 - self.mean.to(img01)) / self.std.to(img01)
+
     def features_and_heatmaps(self, img01: Tensor) -> tuple[Tensor, Tensor]:
-        _check_image(img01, "image")
+        check_image(img01, "image")
         h, w = img01.shape[-2:]
-        x = (img01 - self.mean.to(img01)) / self.std.to(img01)
-        x = F.pad(x, (0, _round_up(w) - w, 0, _round_up(h) - h))
+        x = self.pad(self.normalise(img01))
         feats = self.model.backbone(x)
         if getattr(self.model, "neck", None) is not None:
             feats = self.model.neck(feats)
         feats = list(feats) if isinstance(feats, (list, tuple)) else [feats]
         outs = self._head()(feats)
         hm = self._aggregate(outs, (x.shape[-2] // 2, x.shape[-1] // 2))
-        return (feats[0][..., :_ceil_div(h, 4), :_ceil_div(w, 4)],
-                hm[..., :_ceil_div(h, 2), :_ceil_div(w, 2)])
+        return crop(feats[0], h, w, 4), crop(hm, h, w, 2)
+
+    def features(self, img01: Tensor) -> Tensor:
+        return self.features_and_heatmaps(img01)[0]
 
     def _aggregate(self, outs, size: tuple[int, int]) -> Tensor:
         """Head output(s) -> (B, J, H/2, W/2): mean over resolutions of the first J channels."""

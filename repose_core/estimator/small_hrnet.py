@@ -11,26 +11,24 @@ multi-resolution heatmap aggregation) at a small width and depth:
     head     out0 = 1x1 conv on the 1/4 feature (J heatmaps); deconv(feature ⊕ out0) -> 1/2, a BasicBlock, out1
              heatmaps = (upsample(out0) + out1) / 2                      (HigherHRNet's aggregation)
 
-It implements `PoseEstimator` exactly like `HigherHRNet` (RGB [0, 1] in, ImageNet normalisation, right/bottom
+It shares `PoseEstimator`'s steps with `HigherHRNet` (RGB [0, 1] in, ImageNet normalisation, right/bottom
 padding, features at 1/4 and aggregated heatmaps at 1/2 cropped to ceil(H/s) x ceil(W/s)), so `estimate_poses`,
 the guidance energies and `PoseGuidance` use it unchanged. Single person: no associative-embedding tags.
 
 Files: `save_model(path, model, "pose_estimator")` writes our safetensors (builder "small_hrnet");
-`load_small_hrnet(path)` reads them back (weights created outside inference mode, frozen).
+`repose_core.estimator.build_estimator(path)` reads them back (weights created outside inference mode, frozen).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
 from ..pose.keypoints import COCO17
 from .base import PoseEstimator
-from .higherhrnet import IMAGENET_MEAN, IMAGENET_STD, BasicBlock, _apply_transition, _bn, _make_blocks, \
-    _make_stage, _make_transition
+from .higherhrnet import BasicBlock, _apply_transition, _bn, _make_blocks, _make_stage, _make_transition
 
 ARCH = "small_hrnet"
 BUILDER = "small_hrnet"
@@ -83,6 +81,7 @@ class SmallHRNet(PoseEstimator):
 
     checkpoint_builder = BUILDER
     joints = COCO17
+    size_multiple = SIZE_MULTIPLE
 
     def __init__(self, config: SmallHRNetConfig = SmallHRNetConfig()):
         super().__init__()
@@ -133,60 +132,19 @@ class SmallHRNet(PoseEstimator):
         return [out0, self.final_layers[1](x)]
 
     def forward_raw(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        h, w = x.shape[-2:]
-        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
-            raise InputError(f"SmallHRNet.forward_raw needs H and W multiples of {SIZE_MULTIPLE}, got {h}x{w}; "
-                             "use features()/heatmaps(), which pad automatically")
+        """Normalised input (B,3,H,W), H and W multiples of 16 -> (1/4 feature, [out0, out1])."""
+        self.check_padded(x)
         feat = self.backbone(x)
         return feat, self.head(feat)
 
     forward = forward_raw
-
-    # --- PoseEstimator interface --------------------------------------------------------------------------------
-    def normalise(self, img01: Tensor) -> Tensor:
-        mean = torch.tensor(IMAGENET_MEAN, dtype=img01.dtype, device=img01.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, dtype=img01.dtype, device=img01.device).view(1, 3, 1, 1)
-        return (img01 - mean) / std
-
-    def raw_outputs(self, img01: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """RGB [0,1] of any size -> (feature, [out0, out1]) on the padded grid (right/bottom padding)."""
-        if not isinstance(img01, Tensor) or img01.ndim != 4 or img01.shape[1] != 3 or not img01.is_floating_point():
-            got = tuple(img01.shape) if isinstance(img01, Tensor) else type(img01).__name__
-            raise InputError(f"SmallHRNet input must be a float RGB image tensor (B,3,H,W) in [0,1], got {got}")
-        h, w = img01.shape[-2:]
-        x = self.normalise(img01)
-        ph, pw = -h % SIZE_MULTIPLE, -w % SIZE_MULTIPLE
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))  # zero = the ImageNet mean colour; coordinates unchanged
-        return self.forward_raw(x)
-
-    @staticmethod
-    def aggregate(outs: list[Tensor]) -> Tensor:
-        out0, out1 = outs
-        return (F.interpolate(out0, size=out1.shape[-2:], mode="bilinear", align_corners=False) + out1) / 2
-
-    def features_and_heatmaps(self, img01: Tensor) -> tuple[Tensor, Tensor]:
-        h, w = img01.shape[-2:]
-        feat, outs = self.raw_outputs(img01)
-        hm = self.aggregate(outs)
-        return feat[..., :-(-h // 4), :-(-w // 4)], hm[..., :-(-h // 2), :-(-w // 2)]
+    # PoseEstimator interface: normalise, pad, aggregate and crop come from the base class.
 
 
 def build_small_hrnet(config: dict) -> SmallHRNet:
     """Checkpoint builder: a fresh SmallHRNet (weights created outside inference mode, so guidance can use them)."""
     with torch.inference_mode(False):
         return SmallHRNet(SmallHRNetConfig.from_dict(config))
-
-
-def load_small_hrnet(path, device="cpu", dtype: torch.dtype = torch.float32) -> SmallHRNet:
-    """Read a SmallHRNet written by `save_model(path, model, "pose_estimator")`; frozen, eval mode."""
-    from ..checkpoint import load_model
-
-    with torch.inference_mode(False):
-        model = load_model(path, expected_kind="pose_estimator", device=device, dtype=dtype)
-    if not isinstance(model, SmallHRNet):
-        raise InputError(f"{path} holds a {type(model).__name__}, not a SmallHRNet")
-    return model.freeze()
 
 
 def _register() -> None:

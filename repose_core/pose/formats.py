@@ -11,7 +11,8 @@
   image: 18 lines "x y" in a 256x256 frame whose person image (176 px wide) sits between 40 px side margins,
   -1 = missing (PIDM data/fashion_data.py: x_img = (x - 40) * W / 176, y_img = y * H / 256).
 - HumanSD / LAION-Human `.npz`: `arr_0` = object array of MMPose results `{"keypoints": (17, 3), "score", "area"}`.
-  Read with a restricted unpickler (numpy arrays, dicts, lists and numbers only), never `allow_pickle=True`.
+  Read with the restricted unpickler of `repose_core.checkpoint` (numpy arrays, dicts, lists and numbers only), never
+  `allow_pickle=True`.
 
 All readers return Poses in pixel coordinates of their canvas (see keypoints.py); missing joints have confidence 0.
 Malformed input raises PoseFormatError naming the file, line and field. Points off the canvas are kept as they are.
@@ -24,12 +25,12 @@ import logging
 import math
 import numbers
 import os
-import pickle
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint import RefusedGlobal, restricted_unpickler
 from ..errors import PoseFormatError
 from .keypoints import (
     COCO17, OPENPOSE18, Pose, PoseFrame, body25_to_openpose18, coco17_to_openpose18, openpose18_to_coco17,
@@ -623,41 +624,20 @@ def _num(v: float) -> str:
 # HumanSD / LAION-Human npz
 
 
-def _numpy_multiarray():
+def _numpy_globals() -> dict[tuple[str, str], object]:
+    """The allow-list for HumanSD object arrays: what an array of dicts of numpy arrays / numbers needs."""
     try:
         import numpy._core.multiarray as ma  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
         import numpy.core.multiarray as ma
-    return ma
+    import codecs
 
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Admits only what an object array of dicts of numpy arrays / numbers needs. Everything else is refused."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("_codecs", "encode"),  # protocol-2 pickles encode bytes this way
-    }
-
-    def __init__(self, f, source):
-        super().__init__(f)
-        self.source = source
-
-    def find_class(self, module, name):
-        if (module, name) not in self._ALLOWED:
-            raise PoseFormatError(f"refusing to unpickle {module}.{name}: only numpy arrays, dicts, lists and "
-                                  f"numbers are accepted in a HumanSD pose file", file=self.source, field="arr_0")
-        if module == "_codecs":
-            import codecs
-            return codecs.encode
-        if module == "numpy":
-            return getattr(np, name)
-        return getattr(_numpy_multiarray(), name)
-
-    def persistent_load(self, pid):
-        raise PoseFormatError("refusing a persistent id in a HumanSD pose file", file=self.source, field="arr_0")
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("_codecs", "encode"): codecs.encode}  # protocol-2 pickles encode bytes this way
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = ma._reconstruct
+        allowed[(module, "scalar")] = ma.scalar
+    return allowed
 
 
 def _read_npy_member(zf: zipfile.ZipFile, member: str, source):
@@ -675,9 +655,10 @@ def _read_npy_member(zf: zipfile.ZipFile, member: str, source):
         fp.seek(0)
         return np.lib.format.read_array(fp, allow_pickle=False)
     try:
-        return _NumpyOnlyUnpickler(fp, source).load()
-    except PoseFormatError:
-        raise
+        return restricted_unpickler(_numpy_globals())(fp).load()
+    except RefusedGlobal as e:
+        raise PoseFormatError(f"refusing to unpickle {e.module}.{e.qualname}: only numpy arrays, dicts, lists and "
+                              f"numbers are accepted in a HumanSD pose file", file=source, field="arr_0") from None
     except Exception as e:  # corrupt pickle stream: report, never crash deep inside pickle
         raise PoseFormatError(f"corrupt object array: {type(e).__name__}: {e}", file=source, field=member) from None
 
