@@ -122,7 +122,6 @@ class PoseGradientGuidance:
               every=2, estimator_size=256, clip_grad_norm=0.0, schedule="constant", reference_image=None):
         spec = make_guidance_spec(pose_estimator, target_pose, scale, start, end, energy, every, estimator_size,
                                   clip_grad_norm, schedule, reference_image)
-        spec.extra["vae"] = vae
         patched = None
         if model is not None:
             from .comfy_runtime import patch_model_with_guidance

@@ -2,7 +2,7 @@
 repose_core.guidance.PoseGuidance once the sampler knows the codec and the number of steps. No ComfyUI import."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -26,7 +26,6 @@ class GuidanceSpec:
     clip_grad_norm: float | None = None
     estimator_size: int | None = None
     schedule: str = "constant"
-    extra: dict = field(default_factory=dict)
 
     def build(self, codec: Codec, total_steps: int | None = None) -> PoseGuidance:
         target = self.target

@@ -154,21 +154,3 @@ def register_model_folder(name: str, extensions) -> list[str]:
     except OSError:
         pass
     return paths
-
-
-def list_model_files(name: str) -> list[str]:
-    """Files of a registered model folder, for a combo input (ComfyUI caches the listing and notices new files)."""
-    import folder_paths
-
-    return folder_paths.get_filename_list(name)
-
-
-def model_file_path(name: str, filename: str) -> str:
-    """Absolute path of `filename` in model folder `name`; InputError naming the folders searched if absent."""
-    import folder_paths
-
-    path = folder_paths.get_full_path(name, filename)
-    if path is None:
-        searched = ", ".join(folder_paths.get_folder_paths(name))
-        raise InputError(f"model file '{filename}' not found in models/{name} (searched: {searched})")
-    return path
