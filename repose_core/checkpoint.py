@@ -71,13 +71,13 @@ class _Builder:
 
 _BUILDERS: dict[str, _Builder] = {}
 
-# Modules (relative to this package) that register builders for each kind. Imported only when a file of that kind is
-# loaded; a module that does not exist (yet) just leaves its kind unregistered.
+# Modules (relative to this package) that register builders for each kind, imported only when a file of that kind is
+# saved or loaded.
 _KIND_MODULES: dict[str, tuple[str, ...]] = {
     "pidm": (".models.pidm",),
     "repose_dm": (".models.repose",),
     "pose_estimator": (".estimator", ".estimator.small_hrnet"),
-    "repose_sd_unet": (".models.repose_sd", ".models.sd_unet", ".models"),
+    "repose_sd_unet": (".models.repose_sd",),
 }
 
 # What a user should do with a file of each kind (used in wrong-kind errors).
@@ -112,10 +112,7 @@ def registered_builders() -> dict[str, str]:
 
 def _import_kind_modules(kind: str):
     for rel in _KIND_MODULES.get(kind, ()):
-        try:
-            importlib.import_module(rel, __package__)
-        except ModuleNotFoundError as e:
-            log.debug("builder module %s for kind %r not available: %s", rel, kind, e)
+        importlib.import_module(rel, __package__)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -123,11 +120,16 @@ def _import_kind_modules(kind: str):
 
 
 def _config_dict(model: nn.Module) -> dict:
+    """The config that rebuilds `model`: a dataclass (our models) or a mapping (diffusers' FrozenDict, RePoseSD),
+    without diffusers' private "_" entries."""
     config = getattr(model, "config", None)
-    if config is None or not dataclasses.is_dataclass(config):
-        raise InputError(f"{type(model).__name__} has no dataclass `.config`; only models built from a config "
-                         f"dataclass can be saved (the config is what rebuilds them)")
-    return dataclasses.asdict(config)
+    if config is not None and dataclasses.is_dataclass(config):
+        return dataclasses.asdict(config)
+    if isinstance(config, Mapping):
+        public = {k: v for k, v in config.items() if not str(k).startswith("_")}
+        return json.loads(json.dumps(public, default=_json_default))
+    raise InputError(f"{type(model).__name__} has no dataclass or mapping `.config`; only models built from a "
+                     f"config can be saved (the config is what rebuilds them)")
 
 
 def save_model(path: str | os.PathLike, model: nn.Module, kind: str,
@@ -169,6 +171,11 @@ def save_model(path: str | os.PathLike, model: nn.Module, kind: str,
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _json_default(value: Any) -> Any:
+    """Values of a foreign (mapping) config that JSON has no type for: sets -> lists, anything else -> its text."""
+    return list(value) if isinstance(value, (set, frozenset)) else str(value)
 
 
 def current_umask() -> int:

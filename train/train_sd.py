@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +43,6 @@ from train.common import (  # noqa: E402
 )
 
 log = logging.getLogger("repose")
-UNET_KIND = "repose_sd_unet"
 
 
 @dataclass
@@ -156,46 +153,21 @@ def expand_conv_in(unet, extra_channels: int = 4):
     return unet
 
 
-def _config_json(unet) -> str:
-    return json.dumps({k: v for k, v in dict(unet.config).items() if not k.startswith("_")},
-                      default=lambda o: list(o) if isinstance(o, tuple) else str(o))
-
-
 def export_unet(path, unet, extra: dict | None = None) -> None:
-    """Write the UNet as safetensors with diffusers key names + metadata {format, kind "repose_sd_unet", config};
-    atomic (temp file + os.replace)."""
-    from safetensors.torch import save_file
+    """Write the UNet as a RePoseSD model file (`repose_core.models.repose_sd`): diffusers key names + metadata
+    {format, kind "repose_sd_unet", config}, atomic; `extra` adds metadata entries (step, base, guided_loss)."""
+    from repose_core.checkpoint import save_model
+    from repose_core.models.repose_sd import ARCHITECTURE, KIND
 
-    from repose_core.checkpoint import current_umask
-    metadata = {"format": "repose/1", "kind": UNET_KIND, "class": UNET_KIND, "config": _config_json(unet),
-                "architecture": "diffusers.UNet2DConditionModel"}
-    metadata.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()})
-    tensors = {k: v.detach().cpu().contiguous() for k, v in unet.state_dict().items()}
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600: readable by a ComfyUI of another user
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    save_model(path, unet, KIND, extra_metadata={"architecture": ARCHITECTURE, **(extra or {})})
 
 
 def load_exported_unet(path):
-    """Rebuild the exported UNet (what the RePoseSD loader does): config from metadata, weights strictly."""
-    diffusers, _ = _import_diffusers()
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("kind") != UNET_KIND:
-        raise InputError(f"{path}: not a RePoseSD UNet (kind {meta.get('kind')!r}, expected {UNET_KIND!r})")
-    unet = diffusers.UNet2DConditionModel.from_config(json.loads(meta["config"]))
-    unet.load_state_dict(load_file(str(path)), strict=True)
-    return unet
+    """Rebuild the exported UNet: config from metadata, weights strictly (`repose_core.checkpoint.load_model`)."""
+    from repose_core.checkpoint import load_model
+    from repose_core.models.repose_sd import KIND
+
+    return load_model(path, expected_kind=KIND)
 
 
 # ----------------------------------------------------------------------------------------------------------------
