@@ -301,15 +301,21 @@ class RePoseGuider(comfy.samplers.CFGGuider):
     def set_conds(self, positive=None, negative=None):  # conditions are the REPOSE_COND, not CONDITIONING
         pass
 
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
+    def predict_x0(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """x̂0 at noise level σ: the CFG-combined denoiser, then pose guidance on the steps where it is active."""
         mm.throw_exception_if_processing_interrupted()
-        denoised = self.denoiser(x, timestep)
+        denoised = self.denoiser(x, sigma)
         if self.guidance is not None:
-            step, total = sigma_step_index(timestep, self.sigmas)
+            step, total = sigma_step_index(sigma, self.sigmas)
             if self.guidance.is_active(step, total):
                 prepare_guidance_modules(self.guidance_spec, denoised.device)
-                denoised = guide_denoised(self.guidance, denoised, timestep, step, total)
+                denoised = guide_denoised(self.guidance, denoised, sigma, step, total)
         return denoised
+
+    def predict_noise(self, x, timestep, model_options=None, seed=None):
+        # ComfyUI's GUIDER hook (CFGGuider.outer_predict_noise calls it by this name); despite the name, ComfyUI
+        # expects the denoised x̂0 here, as its own CFGGuider returns. `timestep` is σ.
+        return self.predict_x0(x, timestep)
 
     def _move(self, value, device, dtype):
         if isinstance(value, Tensor):
@@ -363,7 +369,7 @@ def noise_for(latent: Tensor, seed: int) -> Tensor:
     return comfy.sample.prepare_noise(latent, seed)
 
 
-def sigmas_for(model_sampling, sampler_name: str, scheduler: str, steps: int, denoise: float = 1.0) -> Tensor:
+def ksampler_sigmas(model_sampling, sampler_name: str, scheduler: str, steps: int, denoise: float = 1.0) -> Tensor:
     """σ schedule exactly as ComfyUI's KSampler computes it (incl. denoise < 1 and the samplers that drop the
     penultimate σ)."""
     if scheduler not in comfy.samplers.KSampler.SCHEDULERS:

@@ -273,7 +273,7 @@ def repose_sample(repose_model: LoadedRePose, repose_cond: RePoseCond, seed: int
                   reference=None, disable_pbar: bool = False):
     """-> ({"samples": z}, IMAGE). ComfyUI's seeded noise, σ schedule and sampler drive the RePose denoiser."""
     from .comfy_runtime import (
-        RePoseGuider, load_to_device, noise_for, preview_callback, resize_mask, sampler_for, sigmas_for,
+        RePoseGuider, load_to_device, noise_for, preview_callback, resize_mask, sampler_for, ksampler_sigmas,
     )
 
     if cfg_mode not in CFG_MODES:
@@ -313,7 +313,7 @@ def repose_sample(repose_model: LoadedRePose, repose_cond: RePoseCond, seed: int
             raise InputError(f"input 'edit_mask' has {denoise_mask.shape[0]} masks for a batch of {latent.shape[0]}")
     sampler = sampler_for(sampler_name)
     model_sampling = repose_model.patcher.model.model_sampling
-    sigmas = sigmas_for(model_sampling, sampler_name, scheduler, steps, denoise)
+    sigmas = ksampler_sigmas(model_sampling, sampler_name, scheduler, steps, denoise)
     noise = noise_for(latent, seed)
     callback = preview_callback(repose_model.patcher, max(len(sigmas) - 1, 1))
     guider = RePoseGuider(repose_model.patcher, al.pose_map, al.cond, al.null_cond, cfg=cfg, mode=cfg_mode,
