@@ -105,8 +105,8 @@ def comfy_model_for(model, diffusion, alignment):
             self.net = model
             self.dtype = next(model.parameters()).dtype
 
-        def forward(self, x, timesteps, context=None, control=None, transformer_options={}, **kwargs):
-            chunks = transformer_options.get("cond_or_uncond", [0])
+        def forward(self, x, timesteps, context=None, control=None, transformer_options=None, **kwargs):
+            chunks = (transformer_options or {}).get("cond_or_uncond", [0])
             per = x.shape[0] // len(chunks)
             conds = [alignment.cond if c == 0 else alignment.null_cond for c in chunks]
             cond = batch_conditions(conds, per)

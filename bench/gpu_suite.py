@@ -227,7 +227,7 @@ def section_sampling(plan: Plan, record) -> None:
                                                                device, warmup=0), 4)
                     row["finite"] = bool(torch.isfinite(last[-1]).all())
                 record(name, row, run)
-            del model, estimator
+            model = estimator = None  # free before the next preset (closures above read these names)
             free(device)
 
 
@@ -276,7 +276,7 @@ def section_cfg(plan: Plan, record) -> None:
                        time_ratio_batched_over_sequential=round(statistics.median(tb) / statistics.median(ts), 4),
                        batched_extra_mib=bat_mem["extra_mib"], sequential_extra_mib=seq_mem["extra_mib"])
         record(f"cfg {plan.cfg_preset} {dtype_name}", row, run)
-        del model
+        model = None  # free before the next dtype (the closures above read this name)
         free(device)
 
 
@@ -327,7 +327,7 @@ def section_rpa(plan: Plan, record) -> None:
                         row["memory_ratio"] = round(row["after_extra_mib"] / row["before_extra_mib"], 4)
                         row["after_extra_mib_per_sample"] = round(row["after_extra_mib"] / B, 1)
                 record(f"rpa {preset} B={B} {mode}", row, run)
-        del rpa
+        rpa = None  # free before the next preset (the closures above read this name)
         free(device)
 
 

@@ -35,7 +35,10 @@ class FakeModel:
 
 def make_inputs(B=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g)
+
+    def r(*s):
+        return torch.randn(*s, generator=g)
+
     x = r(B, 3, 4, 4)
     t = torch.tensor([10, 500])[:B]
     pose = r(B, 5, 4, 4)
@@ -171,7 +174,7 @@ def test_auto_batching_measures_both_then_keeps_the_faster(monkeypatch):
     model = SlowBatches()
     eps_fn = make_eps_fn(model, pose, cond, null, w=2.0)  # batching="auto" is the default
     ref = make_eps_fn(FakeModel(), pose, cond, null, w=2.0, batching="batched")
-    for step in range(6):
+    for _ in range(6):
         torch.testing.assert_close(eps_fn(x, t), ref(x, t), atol=0, rtol=0)
     # trials: batched, sequential, batched, sequential; then sequential only
     assert model.batches == [4, 2, 2, 4, 2, 2] + [2, 2] * 2

@@ -105,7 +105,6 @@ def test_ddpm_on_gaussian_data_gives_its_mean_and_std(diffusion, steps):
 
 def test_ddpm_uses_the_learned_variance(diffusion):
     # v = +1 (β) vs v = -1 (β̃) must change the result; eps-only output equals v = -1 (fixed small)
-    mu = 0.0
     ac = torch.from_numpy(diffusion.alphas_cumprod)
 
     def with_v(v):

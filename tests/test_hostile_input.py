@@ -82,7 +82,6 @@ def test_size_bound_is_configurable(tmp_path, monkeypatch):
 def test_header_is_checked_against_the_file_without_reading_tensors(tmp_path, damage):
     good, _ = _tampered(tmp_path)
     data = bytearray(good.read_bytes())
-    n = int.from_bytes(data[:8], "little")
     bad = tmp_path / "bad.safetensors"
     if damage == "header_length":
         data[:8] = (len(data) * 4).to_bytes(8, "little")

@@ -410,7 +410,11 @@ def test_gfla_pose_nan_names_joint(tmp_path):
 # HumanSD npz
 
 
-def humansd_people(n=2, rng=np.random.default_rng(3)):
+_PEOPLE_RNG = np.random.default_rng(3)  # one stream for all calls: each call draws different people
+
+
+def humansd_people(n=2, rng=None):
+    rng = _PEOPLE_RNG if rng is None else rng
     people = []
     for _ in range(n):
         kp = np.c_[rng.uniform(0, 500, (17, 2)), rng.uniform(0.1, 1, 17)].astype(np.float32)

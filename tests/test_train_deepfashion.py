@@ -94,7 +94,7 @@ def test_generate_then_eval(trained_run, synth, tmp_path):
 def _gfla_dataset(root: Path):
     entries = [f"img/MEN/Tees/id_0000000{i}/0{k}_1_front.jpg" for i in range(2) for k in range(2)]
     rng = np.random.default_rng(0)
-    for n, e in enumerate(entries):
+    for e in entries:
         (root / e).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray((rng.random((256, 176, 3)) * 255).astype(np.uint8)).save(root / e)
         kp = np.zeros((18, 3), np.float32)

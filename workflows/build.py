@@ -462,7 +462,7 @@ def to_ui(graph: Graph, schemas: dict) -> dict:
         widgets = _widget_inputs(schema)
         sockets = _socket_inputs(schema)
         values = []
-        for name, kind, opts in widgets:
+        for name, _kind, opts in widgets:
             value = _widget_value(node, name, opts)
             values.append(value)
             if opts.get("control_after_generate"):

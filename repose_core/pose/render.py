@@ -175,7 +175,7 @@ def _draw_hand(draw: ImageDraw.ImageDraw, pts: np.ndarray) -> None:
         if ok[a] and ok[b]:
             draw.line([(int(pts[a, 0]), int(pts[a, 1])), (int(pts[b, 0]), int(pts[b, 1]))], fill=HAND_COLORS[k],
                       width=HAND_LINE_WIDTH)
-    for x, y, c in pts[ok]:
+    for x, y, _ in pts[ok]:
         _disc(draw, x, y, HAND_RADIUS, (0, 0, 255))
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from browser import Browser, BrowserError, find_chromium
+from browser import Browser, find_chromium
 from comfy_harness import PACK_DIR_NAME, ComfyServer
 
 REPO = Path(__file__).resolve().parents[2]
