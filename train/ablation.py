@@ -11,11 +11,10 @@
     python train/ablation.py eval --runs /work/runs/ablation --out /work/runs/ablation/results.json
     python train/ablation.py table --results /work/runs/ablation/results.json
 
-`train` runs train/train_deepfashion.py (unchanged, in-process) with the recipe below on the synthetic dataset; only
-two things are added around it: torch is limited to `--threads` intra-op threads (on a shared 2-core machine this is
-several times faster than oversubscribed threads), and `repose_core.estimator.build_estimator`, which the guided
-loss of "full" calls and which reads HigherHRNet checkpoints only, is pointed at `repose_core.pipeline.
-load_estimator`, which also reads the small estimator we ship (SmallHRNet).
+`train` runs train/train_deepfashion.py (unchanged, in-process) with the recipe below on the synthetic dataset; the
+only thing added around it: torch is limited to `--threads` intra-op threads (on a shared 2-core machine this is
+several times faster than oversubscribed threads). `--recipe KEY=VALUE` overrides one train_deepfashion option
+(`--recipe preload=true` for a flag); train/gpu_miniatures.sh runs the whole ablation on one GPU this way.
 
 `eval` generates every held-out pair (test identities never seen in training) with `PoseTransferPipeline` for each
 model and sampling seed and measures SSIM (Gaussian 9x9 window, PIDM's "SSIM_256" form — the 51-px uniform window
@@ -54,15 +53,6 @@ RPA_WARP_WEIGHT = "1.0"  # b2 and full: the auxiliary RPA warp loss (our additio
 
 # ----------------------------------------------------------------------------------------------------------------
 # Training
-
-
-def install_estimator_shim() -> None:
-    """Let train_deepfashion's guided loss read our SmallHRNet files (it calls repose_core.estimator.build_estimator,
-    which builds HigherHRNet checkpoints only)."""
-    import repose_core.estimator as estimator_pkg
-    from repose_core.pipeline import load_estimator
-
-    estimator_pkg.build_estimator = lambda path, **kw: load_estimator(path, **kw)
 
 
 def git_commit() -> str:
@@ -109,7 +99,6 @@ def cmd_train(args) -> int:
     import train.train_deepfashion as td
 
     torch.set_num_threads(args.threads)
-    install_estimator_shim()
     argv = train_argv(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -242,16 +231,20 @@ def source_gain(pipe, sources, poses, targets01, ts=(100, 500, 900), n: int = 30
     return out
 
 
-# (label, run folder under --runs, sampling guidance): the paper's three variants, then our additions as own rows
-EVAL_ROWS = (("B1 (PIDM)", "b1", False), ("B2 (+ RPA)", "b2", False), ("full, no sampling guidance", "full", False),
-             ("full (RePoseDM)", "full", True), ("B2 + aligned input (ours)", "b2_aligned", False),
-             ("full + aligned input (ours)", "full_aligned", True),
-             ("B2 + aligned input + aligned-x0 (ours)", "b2_resid", False),
-             ("shipped default: + aligned-x0 + guidance (ours)", "b2_resid", True))
+# (label, run folder under --runs, sampling guidance, CFG w or None = --cfg): the paper's three variants, then our
+# additions as their own rows. aligned-x0 models sample at w = 1: their ∅ branch sees a zero aligned source, and
+# w = 2 doubles the aligned image's contrast (measured in docs/ablation.md)
+EVAL_ROWS = (("B1 (PIDM)", "b1", False, None), ("B2 (+ RPA)", "b2", False, None),
+             ("full, no sampling guidance", "full", False, None), ("full (RePoseDM)", "full", True, None),
+             ("B2 + aligned input (ours)", "b2_aligned", False, None),
+             ("full + aligned input (ours)", "full_aligned", True, None),
+             ("B2 + aligned input + aligned-x0 (ours)", "b2_resid", False, 1.0),
+             ("+ sampling guidance = shipped default (ours)", "b2_resid", True, 1.0))
 
 
 def cmd_eval(args) -> int:
-    from repose_core.pipeline import PoseTransferPipeline, load_estimator
+    from repose_core.estimator import build_estimator as load_estimator
+    from repose_core.pipeline import PoseTransferPipeline
     from repose_core.pose.keypoints import openpose18_to_coco17
 
     torch.set_num_threads(args.threads)
@@ -292,7 +285,9 @@ def cmd_eval(args) -> int:
                         "data_root": args.data_root, "git_commit": git_commit(), "threads": args.threads},
                "references": {"ground_truth": summarise(gt01), "copy_source": summarise(src01)}, "rows": {}}
     pipes = {}
-    for label, variant, guided in EVAL_ROWS:
+    for label, variant, guided, row_cfg in EVAL_ROWS:
+        if args.only and variant not in args.only:
+            continue
         guidance = {"scale": args.guidance_scale, "every": args.guidance_every} if guided else None
         path = runs / variant / "ema.safetensors"
         if not path.is_file():
@@ -312,7 +307,7 @@ def cmd_eval(args) -> int:
             outs, warp_err, energies, warps = [], [], [], []
             for i in range(0, len(gt01), args.batch):
                 r = pipe.transfer(data["sources"][i:i + args.batch], data["target_poses"][i:i + args.batch],
-                                  steps=args.steps, cfg=args.cfg, guidance=guidance, seed=seed * 1000 + i,
+                                  steps=args.steps, cfg=row_cfg or args.cfg, guidance=guidance, seed=seed * 1000 + i,
                                   eta=args.eta)
                 outs.append(r.canvas_images)
                 if r.warped:
@@ -341,7 +336,7 @@ def cmd_eval(args) -> int:
                 for j in range(min(8, len(pred))):
                     Image.fromarray((pred[j] * 255).round().astype(np.uint8)).save(
                         folder / f"{tag}_seed{seed}_{j}.png")
-        results["rows"][label] = {"run": variant, "guidance": guidance, "per_seed": per_seed,
+        results["rows"][label] = {"run": variant, "guidance": guidance, "cfg": row_cfg or args.cfg, "per_seed": per_seed,
                                   "summary": aggregate(per_seed)}
     results["meta"]["rpa_warp_l1_identity"] = float(np.abs(src01 - gt01).mean())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -377,7 +372,8 @@ def aggregate(per_seed: list[dict]) -> dict:
 def cmd_sweep(args) -> int:
     """Guidance step η for the full model, chosen on TRAINING-split pairs (never the held-out evaluation pairs)."""
     from repose_core.metrics import pose_accuracy
-    from repose_core.pipeline import PoseTransferPipeline, load_estimator
+    from repose_core.estimator import build_estimator as load_estimator
+    from repose_core.pipeline import PoseTransferPipeline
     from repose_core.pose.keypoints import openpose18_to_coco17
 
     torch.set_num_threads(args.threads)
@@ -467,70 +463,94 @@ def cmd_table(args) -> int:
 
 
 def cmd_ship(args) -> int:
-    """Copy the trained full / b1 EMA weights (as float16) and the estimator into repose_core/weights/ and write
-    TRAINING.md from the runs' records."""
+    """Store the chosen runs' EMA weights (float16) in repose_core/weights/ and write TRAINING.md from their records.
+
+    The default model (`--full-run`) is saved as variant "full" (b2's network + pose guidance at sampling, configs.py)
+    with the sampling defaults chosen by `sweep` (`--guidance-scale`, `--cfg`); `--estimator-run ''` keeps the shipped
+    estimator and its section of TRAINING.md."""
+    import dataclasses
+
     from repose_core.checkpoint import load_model, read_metadata, save_model
 
     runs, dest = Path(args.runs), Path(args.dest)
     dest.mkdir(parents=True, exist_ok=True)
+    old_md = (dest / "TRAINING.md").read_text(encoding="utf-8") if (dest / "TRAINING.md").is_file() else ""
     shipped = []
-    for variant, name in (("full", "repose_default_full.safetensors"), ("b1", "repose_default_b1.safetensors")):
-        record = json.loads((runs / variant / "record.json").read_text())
+    for run, name in ((args.full_run, "repose_default_full.safetensors"), (args.b1_run, "repose_default_b1.safetensors")):
+        record = run_record(runs / run)
         with torch.inference_mode(False):
-            model = load_model(runs / variant / "ema.safetensors").half()
-        if variant == "full" and args.guidance_scale is not None:  # the η chosen by `sweep` becomes the default
-            import dataclasses
-            model.config = dataclasses.replace(model.config, guidance_scale=args.guidance_scale)
-            record = dict(record, default_guidance_scale=args.guidance_scale)
+            model = load_model(runs / run / "ema.safetensors").half()
+        if name == "repose_default_full.safetensors":
+            defaults = {"variant": "full", "guidance_energy": "keypoint", "guidance_start": 0.0, "guidance_end": 1.0}
+            if args.guidance_scale is not None:  # the η chosen by `sweep` becomes the default
+                defaults["guidance_scale"] = args.guidance_scale
+            if args.cfg is not None:
+                defaults["cfg_scale"] = args.cfg
+            model.config = dataclasses.replace(model.config, **defaults)
+            record = dict(record, shipped_config={k: v for k, v in defaults.items()})
         save_model(dest / name, model, "repose_dm", extra_metadata={"training": record, "stored_dtype": "float16"})
         shipped.append((name, record))
-    est_src = Path(args.estimator_run)
-    est_record = json.loads((est_src / "record.json").read_text())
-    (dest / "repose_default_estimator.safetensors").write_bytes((est_src / "estimator.safetensors").read_bytes())
-    read_metadata(dest / "repose_default_estimator.safetensors")  # a RePose file: fails loudly otherwise
-    shipped.append(("repose_default_estimator.safetensors", est_record))
+    if args.estimator_run:
+        est_src = Path(args.estimator_run)
+        est_record = json.loads((est_src / "record.json").read_text())
+        (dest / "repose_default_estimator.safetensors").write_bytes((est_src / "estimator.safetensors").read_bytes())
+        read_metadata(dest / "repose_default_estimator.safetensors")  # a RePose file: fails loudly otherwise
+        shipped.append(("repose_default_estimator.safetensors", est_record))
+    else:
+        marker = "## `repose_default_estimator.safetensors`"
+        kept = old_md[old_md.index(marker):] if marker in old_md else ""
+        shipped.append(("repose_default_estimator.safetensors", {"kept_section": kept}))
     (dest / "TRAINING.md").write_text(training_md(shipped, dest), encoding="utf-8")
     print(f"wrote {[n for n, _ in shipped]} and TRAINING.md to {dest}")
     return 0
 
 
+def _where(rec: dict) -> str:
+    argv = rec.get("train_deepfashion_argv", [])
+    device = argv[argv.index("--device") + 1] if "--device" in argv else "cpu"
+    if device == "cuda":
+        return "one NVIDIA H100 (shared by the 6 concurrent runs of train/gpu_miniatures.sh)"
+    return f"a shared 2-core CPU ({rec.get('threads', 1)} thread)"
+
+
 def training_md(shipped, dest: Path) -> str:
     lines = ["# Shipped weights: how they were trained", "",
-             "Small models for the demo (`bash run.sh demo`), the ComfyUI example workflows and the tests. They are",
-             "trained on the CPU, in minutes, on the procedural figures of `repose_core.synthetic` at 64x44 — they",
-             "show that the code paths work; they are not DeepFashion models. Written by `python train/ablation.py "
-             "ship`.", "",
-             "Data (both models and the estimator): `python train/make_synthetic.py --out /work/runs/data/synth64 "
-             "--size 64x44 --train-ids 1500 --test-ids 60 --poses-per-id 4 --seed 0` (6000 training images / 18000 "
-             "pairs; 60 held-out identities). The whole protocol and its evaluation: docs/ablation.md.", "",
-             "| file | size | kind | trained by |", "|---|---|---|---|"]
+             "Small models for the demo (`bash run.sh demo`), the ComfyUI example workflows and the tests, trained on "
+             "the procedural figures of `repose_core.synthetic` at 64x44 (they show the method working end to end; "
+             "they are not DeepFashion models). Written by `python train/ablation.py ship`; the recipe, the ablation "
+             "and why it looks like this: docs/ablation.md.", "",
+             "Data (every model): `python train/make_synthetic.py --out <data>/synth64 --size 64x44 --train-ids 1500 "
+             "--test-ids 60 --poses-per-id 4 --seed 0` (6000 training images / 18000 pairs; 60 held-out identities). "
+             "Runs may be interrupted at any moment: `--resume` continues from the newest intact checkpoint of the "
+             "run folder (train/common.py).", "",
+             "| file | size | what | trained by |", "|---|---|---|---|"]
     for name, rec in shipped:
         size = (dest / name).stat().st_size / 1e6
-        what = "RePoseDM " + rec.get("variant", "") if "variant" in rec else "pose estimator (SmallHRNet)"
-        lines.append(f"| `{name}` | {size:.2f} MB | {what} | `{rec['command']}` |")
+        what = ("RePoseDM " + rec["shipped_config"]["variant"] if "shipped_config" in rec else
+                "RePoseDM " + rec["variant"] if "variant" in rec else "pose estimator (SmallHRNet)")
+        cmd = f"`{rec['command']}`" if "command" in rec else "see below"
+        lines.append(f"| `{name}` | {size:.2f} MB | {what} | {cmd} |")
     for name, rec in shipped:
+        if "kept_section" in rec:
+            lines += ["", rec["kept_section"].rstrip()]
+            continue
         lines += ["", f"## `{name}`", "",
                   f"- command: `{rec['command']}`",
                   f"- git commit: `{rec['git_commit']}` (the tree the run used; uncommitted files may have differed)",
-                  f"- steps: {rec['steps']}, wall time {rec['seconds']:.0f} s on a shared 2-core CPU "
-                  f"({rec.get('threads', 1)} thread)"]
+                  f"- steps: {rec['steps']}, wall time {rec['seconds']:.0f} s on {_where(rec)}"]
         if "train_deepfashion_argv" in rec:
             lines.append("- train/train_deepfashion.py options: `" + " ".join(rec["train_deepfashion_argv"]) + "`")
-            if "default_guidance_scale" in rec:
-                lines.append(f"- default pose-guidance step stored in the config: η = {rec['default_guidance_scale']} "
-                             f"(keypoint energy; chosen by `python train/ablation.py sweep` on training-split pairs)")
+            if "shipped_config" in rec:
+                lines.append("- stored as the default model with config " + ", ".join(
+                    f"{k} = {v}" for k, v in rec["shipped_config"].items()) + " (sampling defaults chosen by "
+                    "`python train/ablation.py sweep` on training-split pairs)")
             lines.append("- final losses (mean of the last logged steps): " +
                          ", ".join(f"{k} {v:.4f}" for k, v in rec["final"].items()))
             base = rec.get("init_record")
             if base:
-                lines.append(f"- stage 1 (shared B1 pre-training, {base['steps']} steps, {base['seconds']:.0f} s): "
-                             f"`{base['command']}`; final losses " +
-                             ", ".join(f"{k} {v:.4f}" for k, v in base["final"].items()))
-                lines.append(f"- stage 2 (this variant, {rec['steps']} steps from the stage-1 EMA weights) is the "
-                             f"command above")
-            lines.append("- data: " + next((rec["train_deepfashion_argv"][i + 1] for i, a in
-                                            enumerate(rec["train_deepfashion_argv"]) if a == "--data-root"), "?") +
-                         " (train split; stored as float16, the EMA weights)")
+                lines.append(f"- initialised from the run of `{base['command']}` ({base['steps']} steps, "
+                             f"{base['seconds']:.0f} s on {_where(base)})")
+            lines.append("- stored as float16 (the EMA weights)")
         else:
             lines.append(f"- data: {rec['data_root']} ({rec['train_images']} training images; "
                          f"{rec['test_images']} held-out test images of unseen identities)")
@@ -579,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch", type=int, default=30)
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--save-images", action="store_true")
+    e.add_argument("--only", nargs="*", default=[], help="evaluate only these run folders (e.g. b1 b2)")
     sw = sub.add_parser("sweep", help="guidance scale sweep of the full model on training-split pairs")
     sw.add_argument("--runs", default="/work/runs/ablation")
     sw.add_argument("--data-root", default="/work/runs/data/synth64")
@@ -594,7 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--threads", type=int, default=1)
     sh = sub.add_parser("ship", help="copy the trained full/b1/estimator into repose_core/weights + TRAINING.md")
     sh.add_argument("--runs", default="/work/runs/ablation")
-    sh.add_argument("--estimator-run", default="/work/runs/estimator")
+    sh.add_argument("--estimator-run", default="", help="estimator run folder to ship ('' = keep the shipped one)")
+    sh.add_argument("--full-run", default="b2_resid", help="run folder shipped as the default (full) model")
+    sh.add_argument("--b1-run", default="b1", help="run folder shipped as the B1 (PIDM) model")
+    sh.add_argument("--cfg", type=float, default=None, help="default CFG w stored in the full model's config")
     sh.add_argument("--dest", default=str(REPO / "repose_core" / "weights"))
     sh.add_argument("--guidance-scale", type=float, default=None,
                     help="default guidance η stored in the full model's config (from `sweep`)")

@@ -100,6 +100,8 @@ class Options:
     timesteps: int = field(default=1000, metadata={"help": "T (linear β 1e-4 -> 2e-2)"})
     cond_dropout: float = field(default=0.1, metadata={"help": "probability of the ∅ (zero) source, for CFG"})
     vb_weight: float = field(default=1.0, metadata={"help": "λ of L_hybrid's VLB term"})
+    snr_clamp: float = field(default=0.0, metadata={"help": "v / aligned_x0 models: cap the x̂0-space loss weight "
+                                                            "1 + SNR_t at 1 + this (min-SNR-γ; 0 = off)"})
     rpa_warp_weight: float = field(default=0.0, metadata={"help": "auxiliary RPA warp L1 weight (our addition)"})
     guided_loss: bool = field(default=False, metadata={"help": "gradient-guided ε̃ target (eq. 3/15); on for "
                                                                 "--variant full"})
@@ -235,7 +237,8 @@ def training_loss(step_module, model, diffusion, batch, opts: Options, noise_gen
                                        energy_for(estimator, codec, target01, opts), eta=opts.guidance_eta)
         logs["guidance_shift"] = float((mse_target - noise).pow(2).mean())
     losses = diffusion.training_losses(out, x0, x_t, t, noise, vb_weight=opts.vb_weight, mse_target=mse_target,
-                                       mse_weight=diffusion.loss_weight_for(model.config.prediction, t))
+                                       mse_weight=diffusion.loss_weight_for(model.config.prediction, t,
+                                                                            snr_clamp=opts.snr_clamp))
     loss = losses["loss"].mean()
     logs.update(mse=float(losses["mse"].detach().mean()), vb=float(losses["vb"].detach().mean()))
     if opts.rpa_warp_weight > 0 and cond.warped and keep.any():

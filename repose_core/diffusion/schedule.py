@@ -282,11 +282,19 @@ class GaussianDiffusion:
             vb = self.vb_terms_bpd(frozen, x0, x_t, t) * (self.num_timesteps / 1000.0)
         return {"loss": mse + vb_weight * vb, "mse": mse, "vb": vb}
 
-    def loss_weight_for(self, prediction: str, t: Tensor) -> Tensor | None:
+    def loss_weight_for(self, prediction: str, t: Tensor, snr_clamp: float = 0.0) -> Tensor | None:
         """Per-sample weight of the ε-MSE for a model that predicts `prediction`: None for "eps" (PIDM's equal
-        weights), 1/ᾱ_t for "v" and "aligned_x0" (ε − ε_θ = √ᾱ_t·(v − v_θ), so ε-MSE/ᾱ_t is the v-MSE)."""
+        weights), 1/ᾱ_t for "v" and "aligned_x0" (ε − ε_θ = √ᾱ_t·(v − v_θ), so ε-MSE/ᾱ_t is the v-MSE).
+
+        In x̂0 space the v-MSE weights the error by 1 + SNR_t (SNR = ᾱ/(1−ᾱ)): up to 1e4 at t = 0, so the easy
+        low-noise steps dominate the gradient. snr_clamp = γ > 0 caps that weight at 1 + γ (min-SNR-γ weighting,
+        Hang et al. 2023, in its v form), which leaves more of each step to the high-noise x̂0 that sets the layout."""
         if prediction == "eps":
             return None
-        if prediction in ("v", "aligned_x0"):  # aligned_x0: the same v-space MSE (RePoseConfig.prediction)
-            return 1.0 / self._table("alphas_cumprod", t.device)[t].float()
-        raise InputError(f"unknown prediction {prediction!r}; accepted: 'eps', 'v', 'aligned_x0'")
+        if prediction not in ("v", "aligned_x0"):  # aligned_x0: the same v-space MSE (RePoseConfig.prediction)
+            raise InputError(f"unknown prediction {prediction!r}; accepted: 'eps', 'v', 'aligned_x0'")
+        abar = self._table("alphas_cumprod", t.device)[t]
+        if snr_clamp > 0:
+            snr = abar / (1 - abar)
+            return (torch.clamp(1 + snr, max=1 + snr_clamp) / snr).float()
+        return (1.0 / abar).float()
