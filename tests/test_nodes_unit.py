@@ -268,13 +268,13 @@ def test_workflow_generator_rejects_inconsistent_graphs():
     assert set(api) == {str(n["id"]) for n in ui["nodes"] if n["type"] != "Note"}
     sampler = next(n for n in ui["nodes"] if n["type"] == "RePoseKSampler")
     assert sampler["widgets_values"][:2] == [0, "fixed"]                               # seed + control value
-    bad_link = build.Graph("bad", "", [build.Node(1, "LoadImage", {"image": "x.png"}),
+    bad_link = build.Graph("bad", "", "", [build.Node(1, "LoadImage", {"image": "x.png"}),
                                        build.Node(2, "RePoseRenderPose", {}, {"pose_keypoint": (1, 0)})])
     with pytest.raises(TypeError, match="wants POSE_KEYPOINT, gets IMAGE"):
         build.to_api(bad_link, schemas)
-    unlinked = build.Graph("bad", "", [build.Node(1, "RePoseRenderPose", {})])
+    unlinked = build.Graph("bad", "", "", [build.Node(1, "RePoseRenderPose", {})])
     with pytest.raises(KeyError, match="required input 'pose_keypoint' is not linked"):
         build.to_ui(unlinked, schemas)
-    unknown = build.Graph("bad", "", [build.Node(1, "LoadImage", {"imgae": "x.png"})])
+    unknown = build.Graph("bad", "", "", [build.Node(1, "LoadImage", {"imgae": "x.png"})])
     with pytest.raises(KeyError, match="no widget input 'imgae'"):
         build.to_api(unknown, schemas)
