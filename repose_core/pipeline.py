@@ -28,12 +28,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .diffusion import GaussianDiffusion, ddim_sample, linear_betas, make_eps_fn, spaced_timesteps
+from .diffusion import GaussianDiffusion, linear_betas, spaced_timesteps
 from .errors import CheckpointError, EmptyPoseError, InputError
 from .estimator import build_estimator
 from .models.codec import Codec, IdentityCodec, PixelUnshuffleCodec
 from .pose import Pose, PoseFrame, fit_params, render_pidm_pose_map, resize_image, retarget_pose, transform_pose
 from .pose.keypoints import to_layout
+from .transfer_ops import aligned_start_t, sample
 
 log = logging.getLogger("repose")
 
@@ -270,7 +271,7 @@ class PoseTransferPipeline:
         cfg_w = float(self.model.config.cfg_scale if cfg is None else cfg)
         timesteps = spaced_timesteps(self.diffusion.num_timesteps, steps, spacing)
         if aligned_start is not None:  # sampling starts part-way (the progress bar counts only those steps)
-            timesteps = [t for t in timesteps if t <= round(float(aligned_start) * (self.diffusion.num_timesteps - 1))]
+            timesteps = [t for t in timesteps if t <= aligned_start_t(self.diffusion, aligned_start)]
         total_steps = max(1, len(timesteps))
 
         # 1. canvas
@@ -314,26 +315,14 @@ class PoseTransferPipeline:
             null = self.model.null_cond(cond)
             warped = [self._to_numpy01(self.codec.decode(w)) for w in cond.warped]
 
-        # 3. sampling
+        # 3. sampling (the core's one loop: transfer_ops.sample)
         hook = self._guidance(guidance, canvas_poses, total_steps, B) if guidance else None
-        gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        x_T = torch.randn((B, *z_src.shape[1:]), generator=gen).to(device=device, dtype=dtype)
-        # forward() reads only the features; the flow / warps stay out of the CFG batch (null_cond has none)
-        eps_fn = make_eps_fn(self.model, pose_map, cond.features_only(), null, w=cfg_w)
         if clip_x0 is None:
             clip_x0 = isinstance(self.codec, (IdentityCodec, PixelUnshuffleCodec))
-        start_kw = {}
-        if aligned_start is not None:
-            if not cond.warped:
-                raise InputError("aligned_start needs a model with Recurrent Pose Alignment (b2 / full); this model "
-                                 "is b1 (PIDM)")
-            if not 0.0 < float(aligned_start) <= 1.0:
-                raise InputError(f"aligned_start must lie in (0, 1], got {aligned_start!r}")
-            start_kw = dict(t_start=int(round(float(aligned_start) * (self.diffusion.num_timesteps - 1))),
-                            x_init=cond.warped[-1])
-        z0 = ddim_sample(eps_fn, x_T, self.diffusion, steps=steps, eta=eta, x0_hook=hook, **start_kw,
-                         callback=lambda info: tick(), generator=gen if eta > 0 else None, spacing=spacing,
-                         clip_denoised=bool(clip_x0))
+        z0 = sample(self.model, self.diffusion, pose_map, cond, null, steps=steps, cfg=cfg_w, eta=eta,
+                    generator=torch.Generator(device="cpu").manual_seed(int(seed)), x0_hook=hook,
+                    callback=lambda info: tick(), spacing=spacing, clip_x0=clip_x0, aligned_start=aligned_start,
+                    warped=cond.warped[-1] if cond.warped else None)
         with torch.no_grad():
             canvas_out = self._to_numpy01(self.codec.decode(z0))
 

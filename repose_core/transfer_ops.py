@@ -113,3 +113,38 @@ def align(model: RePoseDM, source: Tensor, pose: Tensor, iterations: int | None 
     null = model.null_cond(cond)
     return Alignment(cond=cond.features_only(), null_cond=null.features_only(),
                      pose_map=pose_map, source_z=source_z, previews=list(cond.previews), flow=cond.flow)
+
+
+@torch.no_grad()
+def sample(model: RePoseDM, diffusion, pose_map: Tensor, cond: AppearanceCond, null_cond: AppearanceCond, *,
+           steps: int = 20, cfg: float = 2.0, eta: float = 0.0, generator: torch.Generator | None = None,
+           x0_hook: Callable | None = None, callback: Callable | None = None, spacing: str = "pidm",
+           clip_x0: bool = False, aligned_start: float | None = None, warped: Tensor | None = None) -> Tensor:
+    """The core's one sampling loop (pipeline, training sample grids, generation scripts): PIDM's single-scale CFG
+    (w = `cfg`, ∅ = `null_cond`) and DDIM, x_T drawn from `generator` (CPU or on its device) -> z0 (B, C, h, w).
+
+    cond / null_cond: from `model.prepare` / `model.null_cond` (only what `forward` reads is passed to the denoiser).
+    aligned_start (our addition, RPA models): start from `warped` (RPA's last aligned source, diffusion space) noised
+    to this fraction of the trajectory instead of pure noise (SDEdit); None samples from noise like the paper."""
+    from .diffusion import ddim_sample, make_eps_fn
+
+    B = pose_map.shape[0]
+    shape = (B, model.config.diffusion_channels, *pose_map.shape[-2:])
+    x_T = torch.randn(shape, generator=generator, device=generator.device if generator is not None else "cpu")
+    x_T = x_T.to(device=pose_map.device, dtype=pose_map.dtype)
+    start = {}
+    if aligned_start is not None:
+        if warped is None:
+            raise InputError("aligned_start needs a model with Recurrent Pose Alignment (b2 / full); this model is b1 "
+                             "(PIDM)")
+        if not 0.0 < float(aligned_start) <= 1.0:
+            raise InputError(f"aligned_start must lie in (0, 1], got {aligned_start!r}")
+        start = dict(t_start=aligned_start_t(diffusion, aligned_start), x_init=warped)
+    eps_fn = make_eps_fn(model, pose_map, cond.features_only(), null_cond.features_only(), w=cfg)
+    return ddim_sample(eps_fn, x_T, diffusion, steps=steps, eta=eta, x0_hook=x0_hook, callback=callback,
+                       generator=generator if eta > 0 else None, spacing=spacing, clip_denoised=bool(clip_x0), **start)
+
+
+def aligned_start_t(diffusion, aligned_start: float) -> int:
+    """The timestep sampling starts at for `sample(aligned_start=...)`."""
+    return int(round(float(aligned_start) * (diffusion.num_timesteps - 1)))

@@ -379,7 +379,7 @@ def cmd_sweep(args) -> int:
     torch.set_num_threads(args.threads)
     data = load_test_pairs(Path(args.data_root), args.pairs, split="train")
     estimator = load_estimator(args.estimator)
-    pipe = PoseTransferPipeline.from_files(Path(args.runs) / "full" / "ema.safetensors")
+    pipe = PoseTransferPipeline.from_files(Path(args.runs) / args.run / "ema.safetensors")
     pipe.estimator = estimator
     gt01 = np.stack(data["targets"]).astype(np.float32) / 255
     gt_kp = np.stack([openpose18_to_coco17(p).keypoints for p in data["target_poses"]])
@@ -406,7 +406,14 @@ def fmt(cell: dict, digits: int = 3) -> str:
 
 
 def cmd_table(args) -> int:
-    res = json.loads(Path(args.results).read_text())
+    res = None
+    for path in args.results:  # several eval runs (e.g. --only subsets) merge into one table, in the given order
+        part = json.loads(Path(path).read_text())
+        if res is None:
+            res = part
+            continue
+        for key in ("rows", "references", "source_gain", "training"):
+            res.setdefault(key, {}).update(part.get(key, {}))
     meta = res["meta"]
     lines = [f"Held-out pairs: {meta['pairs']}; sampling seeds {meta['seeds']} (mean ± half the range over seeds); "
              f"DDIM {meta['steps']} steps (η_DDIM = {meta.get('eta', 0)}), CFG w = {meta['cfg']}; guidance step "
@@ -423,6 +430,8 @@ def cmd_table(args) -> int:
         warp = fmt(s["rpa_warp_l1"]) if "rpa_warp_l1" in s else "—"
         energy = (f"{s['guidance_energy_first']['mean']:.1f} → {s['guidance_energy_last']['mean']:.1f}"
                   if "guidance_energy_first" in s else "—")
+        if row.get("cfg") not in (None, meta["cfg"]):
+            label = f"{label}, CFG w = {row['cfg']:g}"
         lines.append(f"| {label} | {fmt(s['ssim'])} | {fmt(s['l1'])} | {fmt(s['pck'])} | "
                      f"{fmt(s['mean_error_px'], 2)} | {fmt(s['pck_guidance_estimator'])} | {warp} | {energy} |")
     for label, r in res["references"].items():
@@ -608,6 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--pairs", type=int, default=40)
     sw.add_argument("--scales", type=float, nargs="+", default=[0.0, 0.1, 0.3, 1.0, 3.0, 10.0])
     sw.add_argument("--guidance-every", type=int, default=1)
+    sw.add_argument("--run", default="full", help="run folder of the model to sweep (default: full)")
     sw.add_argument("--steps", type=int, default=50)
     sw.add_argument("--eta", type=float, default=1.0)
     sw.add_argument("--cfg", type=float, default=2.0)
@@ -623,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--guidance-scale", type=float, default=None,
                     help="default guidance η stored in the full model's config (from `sweep`)")
     tb = sub.add_parser("table", help="markdown table from the eval JSON")
-    tb.add_argument("--results", default="/work/runs/ablation/results.json")
+    tb.add_argument("--results", nargs="+", default=["/work/runs/ablation/results.json"])
     tb.add_argument("--out", default="")
     return p
 

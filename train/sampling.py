@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from repose_core.diffusion import GaussianDiffusion, ddim_sample, linear_betas, make_eps_fn
+from repose_core.diffusion import GaussianDiffusion, linear_betas
 
 
 def load_codec(model, vae: str = ""):
@@ -36,15 +36,12 @@ def transfer(model, codec, diffusion: GaussianDiffusion, source: Tensor, pose_ma
              cfg_scale: float = 2.0, eta: float = 0.0, generator: torch.Generator | None = None, x0_hook=None,
              progress=None) -> tuple[Tensor, object]:
     """source (B, 3, H, W) in [-1, 1], pose_map (B, P, h, w) at diffusion resolution -> (image (B, 3, H, W) in
-    [-1, 1], AppearanceCond). DDIM with PIDM's single-scale CFG (∅ = zero source), w = cfg_scale (PIDM/paper: 2)."""
-    src = codec.encode(source)                                     # (B, C, h, w) diffusion space
-    cond = model.prepare(src, pose_map)
-    # forward() reads only the texture features; CFG batches cond with the null cond (which has no flow/warps),
-    # so the denoiser gets a features-only copy
-    eps_fn = make_eps_fn(model, pose_map, cond.features_only(), model.null_cond(cond), w=cfg_scale)
-    shape = (source.shape[0], codec.channels, *pose_map.shape[-2:])
-    x_T = torch.randn(shape, generator=generator, device=generator.device if generator is not None else "cpu")
-    x_T = x_T.to(device=source.device, dtype=source.dtype)
-    z = ddim_sample(eps_fn, x_T, diffusion, steps=steps, eta=eta, x0_hook=x0_hook, generator=generator,
-                    callback=progress)
+    [-1, 1], AppearanceCond). PIDM's single-scale CFG (∅ = zero source), w = cfg_scale (PIDM/paper: 2), DDIM: the
+    core's `transfer_ops.sample`, the loop the pipeline and the nodes' previews use too."""
+    from repose_core.transfer_ops import sample
+
+    cond = model.prepare(codec.encode(source), pose_map)           # source in diffusion space
+    clip = model.config.codec in ("pixel", "unshuffle2", "unshuffle4")   # their space is the image: exact clamp
+    z = sample(model, diffusion, pose_map.to(source.dtype), cond, model.null_cond(cond), steps=steps, cfg=cfg_scale,
+               eta=eta, generator=generator, x0_hook=x0_hook, callback=progress, clip_x0=clip)
     return codec.decode(z).clamp(-1, 1), cond
