@@ -234,7 +234,8 @@ def source_gain(pipe, sources, poses, targets01, ts=(100, 500, 900), n: int = 30
 # (label, run folder under --runs, sampling guidance, CFG w or None = --cfg): the paper's three variants, then our
 # additions as their own rows. aligned-x0 models sample at w = 1: their ∅ branch sees a zero aligned source, and
 # w = 2 doubles the aligned image's contrast (measured in docs/ablation.md)
-EVAL_ROWS = (("B1 (PIDM)", "b1", False, None), ("B2 (+ RPA)", "b2", False, None),
+EVAL_ROWS = (("B1 (PIDM)", "b1", False, None), ("B1 (PIDM), at B2's step count", "b1_1366", False, None),
+             ("B2 (+ RPA)", "b2", False, None),
              ("full, no sampling guidance", "full", False, None), ("full (RePoseDM)", "full", True, None),
              ("B2 + aligned input (ours)", "b2_aligned", False, None),
              ("full + aligned input (ours)", "full_aligned", True, None),
