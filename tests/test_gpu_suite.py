@@ -9,7 +9,9 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]   # (not from conftest: another conftest.py shadows the name)
 
 SCRIPT = REPO_ROOT / "bench" / "gpu_suite.sh"
 
