@@ -79,7 +79,8 @@ def main(argv=None) -> int:
     rows["full (shipped default)"] = score(guided.canvas_images, {"seconds": round(time.perf_counter() - t0, 1)})
 
     print(f"{len(gt)} held-out pairs of {ids} unseen identities (dataset seed {args.seed}); DDIM {args.steps} steps, "
-          f"η_DDIM 1, CFG {full.model.config.cfg_scale}, {args.threads} threads\n")
+          f"η_DDIM 1, each model's stored CFG (full {full.model.config.cfg_scale:g}, B1 {b1.model.config.cfg_scale:g}), "
+          f"{args.threads} threads\n")
     print(f"| {'what':<26} | SSIM ↑ | L1 ↓  | PCK@0.1 ↑ |")
     print(f"|{'-' * 28}|--------|-------|-----------|")
     for name, row in rows.items():
