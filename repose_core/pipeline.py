@@ -150,9 +150,9 @@ class PoseTransferPipeline:
             self.model.set_codec(codec)
         self.codec = self.model.codec
         self.estimator = estimator.eval() if estimator is not None else None
-        cfg = self.model.config
-        self.size = tuple(cfg.image_size)  # (Hm, Wm), the canvas the model was trained at
-        self.diffusion = GaussianDiffusion(linear_betas(cfg.timesteps))
+        config = self.model.config
+        self.size = tuple(config.image_size)  # (Hm, Wm), the canvas the model was trained at
+        self.diffusion = GaussianDiffusion(linear_betas(config.timesteps))
 
     # -- construction ----------------------------------------------------------------------------------------------
 
@@ -371,7 +371,7 @@ class PoseTransferPipeline:
         """PoseGuidance for the sampler from True / a dict (GuidanceKEYS), with the config's defaults."""
         from .guidance import PoseGuidance
 
-        cfg = self.model.config
+        config = self.model.config
         opts = {} if guidance is True else dict(guidance)
         unknown = sorted(set(opts) - set(GUIDANCE_KEYS))
         if unknown:
@@ -379,8 +379,8 @@ class PoseTransferPipeline:
         if self.estimator is None:
             raise InputError("pose guidance needs a pose estimator: load the pipeline with estimator_path= (e.g. "
                              "repose_core/weights/repose_default_estimator.safetensors) or pass guidance=None")
-        scale = opts.get("scale", cfg.guidance_scale if cfg.guidance_scale > 0 else 1.0)
-        energy = opts.get("energy", cfg.guidance_energy)
+        scale = opts.get("scale", config.guidance_scale if config.guidance_scale > 0 else 1.0)
+        energy = opts.get("energy", config.guidance_energy)
         est_cfg = getattr(self.estimator, "config", None)
         if energy == "feature":
             if "reference" not in opts:
@@ -394,7 +394,7 @@ class PoseTransferPipeline:
             target = [PoseFrame([to_layout(p, "coco17")], Wm, Hm) for p in canvas_poses]
         return PoseGuidance(
             self.estimator, self.codec, target, energy=energy, scale=float(scale),
-            start=float(opts.get("start", cfg.guidance_start)), end=float(opts.get("end", cfg.guidance_end)),
+            start=float(opts.get("start", config.guidance_start)), end=float(opts.get("end", config.guidance_end)),
             every=int(opts.get("every", 1)), clip_grad_norm=opts.get("clip_grad_norm"),
             estimator_size=opts.get("estimator_size", self._estimator_size(est_cfg)), total_steps=total_steps,
             threshold=float(opts.get("threshold", 0.1)),
