@@ -126,20 +126,32 @@ def rpa_implementation(rpa, impl: str):
         rpa.checkpointing = None
 
 
-def attention_case(preset: str, batch: int, mode: str, impl: str, repeats: int, device: torch.device) -> dict:
-    """One RPA measurement (run in its own process on CPU, so that the peak RSS is this case's alone)."""
-    import resource
-
+def rpa_module(preset: str, device: torch.device):
+    """(config, RPA of the preset's b2) with a non-identity flow, as after training (random weights otherwise)."""
     from repose_core.models.rpa import RecurrentPoseAlignment
     cfg = get_config(preset, "b2")
     torch.manual_seed(0)
     rpa = RecurrentPoseAlignment(cfg.rpa).to(device)
     with torch.no_grad():
-        rpa.aggregator.conv2.weight.normal_(0, 0.05)  # a non-identity flow, as after training
+        rpa.aggregator.conv2.weight.normal_(0, 0.05)
+    return cfg, rpa
+
+
+def rpa_inputs(cfg, batch: int, device: torch.device):
+    """Seeded diffusion-space source and pose map of the config's size."""
     h, w = cfg.diffusion_size
     g = torch.Generator().manual_seed(0)
     src = torch.randn(batch, cfg.rpa.source_channels, h, w, generator=g).to(device)
     pose = torch.rand(batch, cfg.rpa.pose_channels, h, w, generator=g).to(device)
+    return src, pose
+
+
+def attention_case(preset: str, batch: int, mode: str, impl: str, repeats: int, device: torch.device) -> dict:
+    """One RPA measurement (run in its own process on CPU, so that the peak RSS is this case's alone)."""
+    import resource
+
+    cfg, rpa = rpa_module(preset, device)
+    src, pose = rpa_inputs(cfg, batch, device)
 
     def run(src=src, pose=pose):
         if mode == "forward":

@@ -282,20 +282,12 @@ def section_cfg(plan: Plan, record) -> None:
 
 def section_rpa(plan: Plan, record) -> None:
     sys.path.insert(0, str(ROOT / "bench"))
-    from bench_rpa import rpa_implementation  # before = masked L×L heads etc. (pre issue 14), after = default
+    from bench_rpa import rpa_implementation, rpa_inputs, rpa_module  # before = pre issue 14, after = default
     device = plan.device
     for preset in plan.rpa_presets:
-        cfg = get_config(preset, "b2")
-        from repose_core.models.rpa import RecurrentPoseAlignment
-        torch.manual_seed(0)
-        rpa = RecurrentPoseAlignment(cfg.rpa).to(device)
-        with torch.no_grad():
-            rpa.aggregator.conv2.weight.normal_(0, 0.05)  # a non-identity flow, as after training
-        h, w = cfg.diffusion_size
+        cfg, rpa = rpa_module(preset, device)
         for B in plan.rpa_batches:
-            g = torch.Generator().manual_seed(0)
-            src = torch.randn(B, cfg.rpa.source_channels, h, w, generator=g).to(device)
-            pose = torch.rand(B, cfg.rpa.pose_channels, h, w, generator=g).to(device)
+            src, pose = rpa_inputs(cfg, B, device)
 
             def forward():
                 with torch.no_grad():
@@ -307,8 +299,8 @@ def section_rpa(plan: Plan, record) -> None:
                 rpa.zero_grad(set_to_none=True)
 
             for mode, fn in (("forward", forward), ("forward_backward", forward_backward)):
-                row = dict(section="rpa", preset=preset, rpa_grid=[-(-h // cfg.rpa.downsample),
-                                                                   -(-w // cfg.rpa.downsample)],
+                row = dict(section="rpa", preset=preset, rpa_grid=[-(-cfg.diffusion_size[0] // cfg.rpa.downsample),
+                                                                   -(-cfg.diffusion_size[1] // cfg.rpa.downsample)],
                            region_radii=list(cfg.rpa.region_radii), batch=B, mode=mode, dtype="float32",
                            iterations=cfg.rpa.iterations)
 

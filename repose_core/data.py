@@ -458,7 +458,8 @@ class PreloadedPairs:
             log.warning("preload: %d of %d pairs skipped (unreadable files; see %s)", len(bad), len(pairs),
                         dataset.report_path or "the log")
         self.pairs = torch.tensor(pairs, dtype=torch.long)   # (M, 2): image index of source, target
-        self.valid = torch.tensor([i for i in range(len(pairs)) if i not in set(bad)], dtype=torch.long)
+        bad_set = set(bad)
+        self.valid = torch.tensor([i for i in range(len(pairs)) if i not in bad_set], dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -200,3 +200,17 @@ def test_kl_and_decoder_likelihood_helpers():
     for mean, log_scale in ((0.1, -2.0), (-0.9, -5.0), (0.0, 1.0)):
         logp = discretized_gaussian_log_likelihood(x, torch.full_like(x, mean), torch.full_like(x, log_scale))
         assert logp.exp().sum().item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_snr_clamp_caps_the_x0_space_weight_of_v_losses():
+    """--snr-clamp γ: the x̂0-space weight 1 + SNR of the v-MSE is capped at 1 + γ; high-noise steps keep theirs."""
+    d = GaussianDiffusion(linear_betas(1000))
+    t = torch.arange(0, 1000, 37)
+    abar = torch.from_numpy(d.alphas_cumprod)[t]
+    snr = abar / (1 - abar)
+    plain, clamped = d.loss_weight_for("v", t), d.loss_weight_for("v", t, snr_clamp=5.0)
+    torch.testing.assert_close(plain.double(), 1 / abar, rtol=1e-6, atol=0)
+    torch.testing.assert_close((clamped * snr).double(), torch.clamp(1 + snr, max=6.0), rtol=1e-5, atol=0)
+    assert torch.all(clamped <= plain * (1 + 1e-6)) and torch.equal(clamped[snr < 5], plain[snr < 5])
+    with pytest.raises(InputError, match="unknown prediction"):
+        d.loss_weight_for("x0", t)

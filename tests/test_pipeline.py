@@ -227,3 +227,21 @@ def test_x0_clipping_is_on_for_pixel_codecs_and_can_be_switched_off(examples):
     assert np.abs(on - off).mean() > 1e-3
     saturated = lambda im: ((im < 0.01) | (im > 0.99)).mean()  # noqa: E731
     assert saturated(on) < saturated(off)
+
+
+def test_aligned_start_samples_from_the_warp_and_refuses_what_it_cannot_do(pipes, examples):
+    """aligned_start (our addition): sampling starts from RPA's warp noised part-way, so fewer steps run and the
+    result depends on the warp; b1 has no warp and out-of-range fractions are refused."""
+    src, tgt, _ = examples["64x44"]
+    ticks = []
+    r = pipes["full"].transfer(src, tgt, steps=10, seed=0, aligned_start=0.3, progress=lambda d, n: ticks.append(n))
+    assert np.isfinite(r.image).all()
+    n_rpa = pipes["full"].model.config.rpa.iterations
+    assert ticks[-1] == len(ticks) and n_rpa < ticks[-1] < n_rpa + 10      # only the steps below t = 0.3·T
+    full = pipes["full"].transfer(src, tgt, steps=10, seed=0)
+    assert not np.allclose(r.image, full.image)
+    with pytest.raises(InputError, match="b1"):
+        pipes["b1"].transfer(src, tgt, steps=10, seed=0, aligned_start=0.3)
+    for bad in (0.0, 1.5):
+        with pytest.raises(InputError, match="aligned_start"):
+            pipes["full"].transfer(src, tgt, steps=10, seed=0, aligned_start=bad)

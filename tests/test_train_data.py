@@ -254,3 +254,33 @@ def test_humansd_dataset(tmp_path):
     np.testing.assert_allclose(item["keypoints"][0, 5, :2].numpy(), [30 * 43 / 80 - 5, 20 * 32 / 60], atol=1e-4)
     with pytest.raises(DataFileError, match="missing.jpg"):
         load_humansd_records(tmp_path / "map.json", on_error="fatal")
+
+
+def test_preloaded_pairs_give_what_the_dataset_gives(synth):
+    """--preload: the same source/target/pose maps as the un-augmented dataset, for the same pair indices."""
+    from repose_core.data import PreloadedPairs
+
+    ds = PoseTransferDataset(load_records(synth, "patn", "train"), (64, 44))
+    pre = PreloadedPairs(ds)
+    assert len(pre) == len(ds)
+    batch = pre.batch([2, 0])
+    for j, i in enumerate([2, 0]):
+        item = ds[i]
+        for key in ("source", "target"):
+            torch.testing.assert_close(batch[key][j], item[key], atol=1e-6, rtol=0)
+        for key in ("source_pose_map", "target_pose_map"):  # stored as float16
+            torch.testing.assert_close(batch[key][j], item[key], atol=1e-3, rtol=0)
+    assert batch["index"] == [2, 0]
+
+
+def test_preloaded_pairs_skip_or_refuse_pairs_whose_image_went_bad(synth, tmp_path):
+    from repose_core.data import PreloadedPairs
+
+    root = _copy_synth(synth, tmp_path)
+    records = load_records(root, "patn", "train")
+    (root / "train_highres" / "synth_train_id00000_1.png").write_bytes(b"not a png")   # corrupt after listing
+    pre = PreloadedPairs(PoseTransferDataset(records, (64, 44), report_path=str(tmp_path / "r.jsonl")))
+    good = pre.batch(range(len(pre)))
+    assert len(good["index"]) == len(records) - 2 and (tmp_path / "r.jsonl").is_file()
+    with pytest.raises(DataFileError, match="unreadable"):
+        PreloadedPairs(PoseTransferDataset(records, (64, 44), on_error="fatal"))

@@ -265,3 +265,30 @@ def test_damaged_run_resumes_from_its_newest_intact_checkpoint(synth, tmp_path, 
     assert "skipping checkpoint step_00000004: state.safetensors is damaged" in caplog.text
     assert load_file(str(weights))   # rewritten intact by the resumed run
     assert [x["step"] for x in _log(tmp_path / "run")] == [1, 2, 3, 4]   # no step logged twice
+
+
+def test_max_minutes_stops_saves_and_resume_goes_on(synth, tmp_path):
+    """--max-minutes: training stops at the budget whatever --max-steps says, with a checkpoint and an EMA export at
+    the step it reached; --resume continues from there."""
+    from repose_core.checkpoint import read_metadata
+
+    run = tmp_path / "r"
+    common = ["--data-root", str(synth), "--out", str(run), "--save-every", "1000", "--preload", *FAST]
+    assert T.main([*common, "--max-steps", "1000", "--max-minutes", "1e-9"]) == 0   # out of time before step 1
+    assert int(read_metadata(run / "ema.safetensors")["step"]) == 0
+    assert T.main([*common, "--max-steps", "2", "--resume"]) == 0
+    assert int(read_metadata(run / "ema.safetensors")["step"]) == 2
+
+
+def test_init_parts_rpa_takes_only_the_alignment(trained_run, synth, tmp_path):
+    """--init-parts rpa: a new denoiser (here of another parameterisation) starts from a trained RPA only."""
+    src = T.as_repose_model(T.load_model(trained_run / "ema.safetensors"))
+    opts = T.Options(preset="tiny", variant="b2", rpa_iterations=1, init=str(trained_run / "ema.safetensors"),
+                     init_parts="rpa", aligned_source_input=True, prediction="aligned_x0")
+    model = T.build_model(opts)[0]
+    assert all(torch.equal(a, b) for a, b in zip(model.rpa.state_dict().values(), src.rpa.state_dict().values()))
+    assert model.config.prediction == "aligned_x0" and model.net.config.in_channels == 12 + 20 + 12
+    b1 = tmp_path / "b1"
+    assert T.main(["--data-root", str(synth), "--out", str(b1), "--variant", "b1", "--max-steps", "1", *FAST]) == 0
+    with pytest.raises(InputError, match="no RPA"):
+        T.build_model(T.Options(preset="tiny", variant="b1", init=str(b1 / "ema.safetensors"), init_parts="rpa"))

@@ -497,7 +497,7 @@ def cmd_ship(args) -> int:
             if args.cfg is not None:
                 defaults["cfg_scale"] = args.cfg
             model.config = dataclasses.replace(model.config, **defaults)
-            record = dict(record, shipped_config={k: v for k, v in defaults.items()})
+            record = dict(record, shipped_config=dict(defaults))
         save_model(dest / name, model, "repose_dm", extra_metadata={"training": record, "stored_dtype": "float16"})
         shipped.append((name, record))
     if args.estimator_run:

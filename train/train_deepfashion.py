@@ -376,8 +376,11 @@ def main(argv=None) -> int:
                 yield swap_pair_batch(batch) if opts.bidirectional else batch
             epoch, skip = epoch + 1, 0
 
+    saved_at = [step if opts.resume else None]   # the step whose state is on disk (a resumed run's start)
+
     def save(step_now: int) -> None:
         # RNG states differ per rank: every rank's are gathered into the one file (rank<k>.rng.*)
+        saved_at[0] = step_now
         rng_extra = gather_rng(dist, noise_gen)
         if dist.master:
             final = save_training_state(out, step_now, modules={"model": model.state_dict(),
@@ -411,7 +414,7 @@ def main(argv=None) -> int:
     while step < opts.max_steps:
         if out_of_time():
             log.info("--max-minutes %.1f reached at step %d: saving and stopping", opts.max_minutes, step)
-            if step % opts.save_every:
+            if saved_at[0] != step:
                 save(step)
             break
         for g in optimizer.param_groups:
