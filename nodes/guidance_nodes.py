@@ -7,28 +7,27 @@ memory management) is nodes/comfy_runtime.py.
 from __future__ import annotations
 
 from ..repose_core.errors import InputError
-from ..repose_core.guidance.hook import ENERGIES, SCHEDULES
+from ..repose_core.guidance.config import ENERGIES, SCHEDULES, GuidanceConfig
 from ..repose_core.pose import from_pose_keypoint
 from .utils import comfy_image_to_core, reports_user_errors
 
 CATEGORY = "RePose/guidance"
 DECODERS = ("vae", "latent_rgb")
+DEFAULTS = GuidanceConfig()  # the widgets start at the one set of defaults
 
 
 def make_guidance_spec(pose_estimator, target_pose, scale, start, end, energy="keypoint", every=1,
                        estimator_size=0, clip_grad_norm=0.0, schedule="constant", reference_image=None):
     """Node inputs -> GuidanceSpec (validated now, so errors show on this node rather than during sampling)."""
     from .guidance_spec import GuidanceSpec
-
-    if energy not in ENERGIES:
-        raise InputError(f"input 'energy' is {energy!r}; accepted: {', '.join(ENERGIES)}")
-    if schedule not in SCHEDULES:
-        raise InputError(f"input 'schedule' is {schedule!r}; accepted: {', '.join(SCHEDULES)}")
     from .utils import check_finite
 
     check_finite(scale=scale, start=start, end=end, clip_grad_norm=clip_grad_norm)
     if start > end:
         raise InputError(f"inputs 'start' ({start}) and 'end' ({end}): start must not be after end")
+    config = GuidanceConfig(scale=float(scale), start=float(start), end=float(end), energy=energy, every=int(every),
+                            clip_grad_norm=float(clip_grad_norm) or None,
+                            estimator_size=int(estimator_size) or None, schedule=schedule)
     if energy == "keypoint":
         frames = from_pose_keypoint(target_pose, source="input 'target_pose'")
         if not frames:
@@ -46,12 +45,10 @@ def make_guidance_spec(pose_estimator, target_pose, scale, start, end, energy="k
                              "features the result should match (e.g. a photo in the target pose)")
         target = ((comfy_image_to_core(reference_image, "reference_image") + 1.0) / 2.0).detach().clone()
     spec = GuidanceSpec(estimator=pose_estimator.module, estimator_patcher=pose_estimator.patcher, target=target,
-                        energy=energy, scale=float(scale), start=float(start), end=float(end), every=int(every),
-                        clip_grad_norm=float(clip_grad_norm) or None, estimator_size=int(estimator_size) or None,
-                        schedule=schedule)
+                        config=config)
     from ..repose_core.models.codec import IdentityCodec
 
-    spec.build(IdentityCodec())  # validates every setting now (InputError naming it); the real codec comes later
+    spec.build(IdentityCodec())  # validates the target now (InputError naming it); the real codec comes later
     return spec
 
 
@@ -88,14 +85,14 @@ class PoseGradientGuidance:
         return {"required": {
             "pose_estimator": ("POSE_ESTIMATOR", {"tooltip": "From RePose Load Pose Estimator."}),
             "target_pose": ("POSE_KEYPOINT", {"tooltip": "The pose the generated person should take."}),
-            "scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1000.0, "step": 0.01,
+            "scale": ("FLOAT", {"default": DEFAULTS.scale, "min": 0.0, "max": 1000.0, "step": 0.01,
                                 "tooltip": "Guidance strength η (step of x̂0 along -∇G). 0 switches it off."}),
-            "start": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+            "start": ("FLOAT", {"default": DEFAULTS.start, "min": 0.0, "max": 1.0, "step": 0.01,
                                 "tooltip": "Fraction of the sampling steps where guidance starts."}),
-            "end": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
+            "end": ("FLOAT", {"default": DEFAULTS.end, "min": 0.0, "max": 1.0, "step": 0.01,
                               "tooltip": "Fraction of the sampling steps where guidance stops (1 = to the end). "
                                          "Pose is decided early; late steps only refine texture."}),
-            "energy": (list(ENERGIES), {"default": "keypoint",
+            "energy": (list(ENERGIES), {"default": DEFAULTS.energy,
                                         "tooltip": "keypoint: estimator heatmaps vs Gaussians at the target joints. "
                                                    "feature: estimator features vs a reference image (eq. 11)."}),
         }, "optional": {
@@ -104,14 +101,14 @@ class PoseGradientGuidance:
             "decoder": (list(DECODERS), {"default": "vae",
                                          "tooltip": "vae: exact but costly. latent_rgb: the linear preview decoder, "
                                                     "blurry but ~free (patched MODEL only)."}),
-            "every": ("INT", {"default": 2, "min": 1, "max": 100,
+            "every": ("INT", {"default": DEFAULTS.every, "min": 1, "max": 100,
                               "tooltip": "Guide every n-th step only (cheaper)."}),
             "estimator_size": ("INT", {"default": 256, "min": 0, "max": 2048, "step": 32,
                                        "tooltip": "Resize the decoded image (longer side) before the estimator; "
                                                   "0 = keep its size."}),
             "clip_grad_norm": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1e6, "step": 0.1,
                                          "tooltip": "Rescale each gradient to at most this norm; 0 = off."}),
-            "schedule": (list(SCHEDULES), {"default": "constant",
+            "schedule": (list(SCHEDULES), {"default": DEFAULTS.schedule,
                                            "tooltip": "constant: fixed x̂0 step η. eq15: η(1-ᾱ)/√ᾱ, the paper's "
                                                       "eq. 15 (strong early, weak late)."}),
             "reference_image": ("IMAGE", {"tooltip": "Reference image for energy 'feature'."}),
@@ -119,7 +116,8 @@ class PoseGradientGuidance:
 
     @reports_user_errors
     def build(self, pose_estimator, target_pose, scale, start, end, energy, model=None, vae=None, decoder="vae",
-              every=2, estimator_size=256, clip_grad_norm=0.0, schedule="constant", reference_image=None):
+              every=DEFAULTS.every, estimator_size=256, clip_grad_norm=0.0, schedule=DEFAULTS.schedule,
+              reference_image=None):
         spec = make_guidance_spec(pose_estimator, target_pose, scale, start, end, energy, every, estimator_size,
                                   clip_grad_norm, schedule, reference_image)
         patched = None

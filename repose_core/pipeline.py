@@ -39,8 +39,6 @@ from .transfer_ops import aligned_start_t, sample
 log = logging.getLogger("repose")
 
 FIT_MODES = ("pad", "stretch")
-GUIDANCE_KEYS = ("scale", "energy", "start", "end", "every", "clip_grad_norm", "schedule", "reduction", "sigma",
-                 "threshold", "estimator_size", "reference", "cfg_scale_gradient")
 
 
 @dataclass
@@ -248,9 +246,10 @@ class PoseTransferPipeline:
         source_img: (H, W, 3) uint8 / float [0, 1], or a list of them / (B, H, W, 3) array for a batch.
         target_pose: Pose (or PoseFrame with one person) in its own canvas; one per batch item or one for all.
         cfg: classifier-free guidance scale w (default: the model config's, PIDM/paper 2.0).
-        guidance: None (off), True (the config's defaults) or a dict of PoseGuidance settings: scale (η), energy
-            ("keypoint" | "feature"; feature needs "reference": an (H, W, 3) image of the target person), start,
-            end, every, clip_grad_norm, schedule, reduction, sigma, threshold, estimator_size.
+        guidance: None (off), True (the model config's `guidance`, a GuidanceConfig) or a dict of GuidanceConfig
+            fields replacing some of its values: scale (η), energy ("keypoint" | "feature"; feature needs
+            "reference": an (H, W, 3) image of the target person), start, end, every, schedule, reduction,
+            clip_grad_norm, estimator_size, heatmap_sigma, threshold, cfg_scale_gradient.
         progress(done, total): after every RPA iteration and every sampling step.
         source_pose / retarget: with retarget=True the target skeleton is refitted to the source body (bone
             lengths); the source pose is `source_pose` (per item or one) or estimated by the estimator.
@@ -368,40 +367,30 @@ class PoseTransferPipeline:
                          f"{type(obj).__name__}. Load pose files with repose_core.pose.load_pose_file")
 
     def _guidance(self, guidance, canvas_poses: list[Pose], total_steps: int, B: int):
-        """PoseGuidance for the sampler from True / a dict (GuidanceKEYS), with the config's defaults."""
+        """PoseGuidance for the sampler: the model config's GuidanceConfig, with a dict's settings (GuidanceConfig
+        fields, plus "reference" for the feature energy) replacing its values."""
         from .guidance import PoseGuidance
 
-        config = self.model.config
         opts = {} if guidance is True else dict(guidance)
-        unknown = sorted(set(opts) - set(GUIDANCE_KEYS))
-        if unknown:
-            raise InputError(f"unknown guidance setting(s) {unknown}; accepted: {', '.join(GUIDANCE_KEYS)}")
+        reference = opts.pop("reference", None)
+        settings = self.model.config.guidance.replace(**opts)  # unknown / invalid settings fail here, named
         if self.estimator is None:
             raise InputError("pose guidance needs a pose estimator: load the pipeline with estimator_path= (e.g. "
                              "repose_core/weights/repose_default_estimator.safetensors) or pass guidance=None")
-        scale = opts.get("scale", config.guidance_scale if config.guidance_scale > 0 else 1.0)
-        energy = opts.get("energy", config.guidance_energy)
-        est_cfg = getattr(self.estimator, "config", None)
-        if energy == "feature":
-            if "reference" not in opts:
+        if "estimator_size" not in opts:
+            settings = settings.replace(estimator_size=self._estimator_size(getattr(self.estimator, "config", None)))
+        if settings.energy == "feature":
+            if reference is None:
                 raise InputError("feature guidance (eq. 11) needs guidance['reference']: an image of the target "
                                  "person in the target pose; use energy='keypoint' otherwise")
-            ref = self._as_batch(opts["reference"])
-            ref = np.stack([resize_image(r, *self.size) for r in ref])
+            ref = np.stack([resize_image(r, *self.size) for r in self._as_batch(reference)])
             target = torch.from_numpy(ref).permute(0, 3, 1, 2).to(self._device())
         else:
             Hm, Wm = self.size
             target = [PoseFrame([to_layout(p, "coco17")], Wm, Hm) for p in canvas_poses]
-        return PoseGuidance(
-            self.estimator, self.codec, target, energy=energy, scale=float(scale),
-            start=float(opts.get("start", config.guidance_start)), end=float(opts.get("end", config.guidance_end)),
-            every=int(opts.get("every", 1)), clip_grad_norm=opts.get("clip_grad_norm"),
-            estimator_size=opts.get("estimator_size", self._estimator_size(est_cfg)), total_steps=total_steps,
-            threshold=float(opts.get("threshold", 0.1)),
-            sigma=float(opts.get("sigma", getattr(est_cfg, "sigma", 2.0))),
-            schedule=opts.get("schedule", "constant"), alphas_cumprod=torch.as_tensor(self.diffusion.alphas_cumprod),
-            cfg_scale=float(self.model.config.cfg_scale), cfg_scale_gradient=bool(opts.get("cfg_scale_gradient", False)),
-            reduction=opts.get("reduction", "sum"))
+        return PoseGuidance(self.estimator, self.codec, target, settings, total_steps=total_steps,
+                            alphas_cumprod=torch.as_tensor(self.diffusion.alphas_cumprod),
+                            cfg_scale=float(self.model.config.cfg_scale))
 
     def _estimator_size(self, est_cfg) -> int | None:
         """Longer side for the estimator input so that the short side matches the estimator's training size."""

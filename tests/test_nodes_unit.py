@@ -185,8 +185,14 @@ class _Estimator:
 def test_guidance_spec_validates_inputs(pack):
     gn = pack.nodes.guidance_nodes
     spec = gn.make_guidance_spec(_Estimator(), pose_keypoint(), 2.0, 0.1, 0.6, every=2, estimator_size=128)
-    assert (spec.scale, spec.start, spec.end, spec.every, spec.estimator_size, spec.clip_grad_norm) == \
-        (2.0, 0.1, 0.6, 2, 128, None)
+    c = spec.config
+    assert (c.scale, c.start, c.end, c.every, c.estimator_size, c.clip_grad_norm) == (2.0, 0.1, 0.6, 2, 128, None)
+    # the widgets start at the core's one set of defaults
+    widgets = gn.PoseGradientGuidance.INPUT_TYPES()
+    defaults = pack.repose_core.guidance.GuidanceConfig()
+    assert widgets["required"]["scale"][1]["default"] == defaults.scale
+    assert widgets["required"]["end"][1]["default"] == defaults.end
+    assert widgets["optional"]["every"][1]["default"] == defaults.every
     with pytest.raises(pack.repose_core.errors.InputError, match="start must not be after end"):
         gn.make_guidance_spec(_Estimator(), pose_keypoint(), 1.0, 0.8, 0.2)
     with pytest.raises(pack.repose_core.errors.InputError, match="needs 'reference_image'"):

@@ -174,7 +174,7 @@ def test_named_config_facts():
     assert get_config("market1501", "b2").image_size == (128, 64)
     b2, full = get_config("tiny", "b2"), get_config("tiny", "full")
     assert b2.unet == full.unet and b2.rpa == full.rpa  # same network
-    assert b2.guidance_scale == 0 and full.guidance_scale > 0
+    assert b2.guidance == full.guidance and full.variant == "full"  # one GuidanceConfig; "full" turns it on
     assert b2.rpa.iterations == 3 and get_config("deepfashion256", "b2").rpa.iterations == 5
     assert get_config("tiny", "b2", rpa=dict(iterations=1)).rpa.iterations == 1
 
@@ -358,3 +358,81 @@ def test_aligned_source_input_reads_the_warped_source_and_null_is_zero():
             model(x_t, t, pose, dataclasses.replace(only, aligned_source=None))
     with pytest.raises(InputError, match="aligned_source_input"):
         get_config("tiny", "b1", aligned_source_input=True)
+
+
+def test_aligned_residual_is_the_identity_at_low_noise_and_the_warp_plus_correction_at_high_noise():
+    """EDM preconditioning around the aligned source a: x̂0 = a + c_skip·(x̃ − a) + c_out·F (configs docstring)."""
+    from repose_core.diffusion import GaussianDiffusion, linear_betas
+
+    model = perturb(tiny_model("b2", aligned_source_input=True, prediction="aligned_residual"))
+    d = GaussianDiffusion(linear_betas(1000))
+    source, pose, x_t = tiny_inputs(model)
+    sd = model.config.residual_sigma_data
+    with torch.no_grad():
+        cond = model.prepare(source, pose)
+        a = cond.aligned_source
+        inputs = torch.cat([model._pad(x_t), model._pad(pose), model._pad(a)], 1)
+        for t_value in (0, 300, 999):
+            t = torch.tensor([t_value, t_value])
+            F = model.net.denoise(inputs, t, cond.features)[..., :32, :22][:, :12].double()
+            abar = float(d.alphas_cumprod[t_value])
+            sigma = ((1 - abar) / abar) ** 0.5
+            c_skip, c_out = sd ** 2 / (sigma ** 2 + sd ** 2), sigma * sd / (sigma ** 2 + sd ** 2) ** 0.5
+            expect_x0 = a + c_skip * (x_t / abar ** 0.5 - a) + c_out * F
+            x0 = d.predict_x0_from_eps(x_t.double(), t, model(x_t, t, pose, cond)[:, :12].double())
+            torch.testing.assert_close(x0, expect_x0.double(), rtol=1e-4, atol=1e-4)
+            assert torch.isfinite(model(x_t, t, pose, cond)).all()
+        # t = 0: x̂0 is x_t up to σ_0 (~0.01), whatever F is; t = 999: the warp plus σ_d·F
+        t0 = torch.tensor([0, 0])
+        x0_low = d.predict_x0_from_eps(x_t.double(), t0, model(x_t, t0, pose, cond)[:, :12].double())
+        assert (x0_low - x_t).abs().max() < 0.05 * (1 + F.abs().max())
+    with pytest.raises(InputError, match="aligned_source_input"):
+        get_config("tiny", "b2", prediction="aligned_residual")
+    with pytest.raises(InputError, match="residual_sigma_data"):
+        get_config("tiny", "b2", aligned_source_input=True, prediction="aligned_residual", residual_sigma_data=0.0)
+
+
+def test_aligned_residual_loss_weight_is_unit_weight_on_the_network_output():
+    """ε-MSE × (1 + σ²/σ_d²) equals ‖F − F*‖² with F* the output that gives x̂0 = x0 (EDM's loss)."""
+    from repose_core.diffusion import GaussianDiffusion, linear_betas
+
+    d = GaussianDiffusion(linear_betas(1000))
+    g = torch.Generator().manual_seed(0)
+    x0, noise, a, F = (torch.randn(3, 12, 8, 6, generator=g, dtype=torch.float64) for _ in range(4))
+    sd = 0.2
+    t = torch.tensor([0, 500, 990])
+    x_t = d.q_sample(x0, t, noise)
+    abar = torch.from_numpy(d.alphas_cumprod)[t].view(-1, 1, 1, 1)
+    sigma2 = (1 - abar) / abar
+    c_skip, c_out = sd ** 2 / (sigma2 + sd ** 2), (sigma2 * sd ** 2 / (sigma2 + sd ** 2)).sqrt()
+    x_tilde = x_t / abar.sqrt()
+    F_true = (x0 - a - c_skip * (x_tilde - a)) / c_out
+    x0_pred = a + c_skip * (x_tilde - a) + c_out * F
+    eps_pred = (x_tilde - x0_pred) / sigma2.sqrt()
+    w = d.loss_weight_for("aligned_residual", t, sigma_data=sd)
+    losses = d.training_losses(eps_pred, x0, x_t, t, noise, mse_weight=w)
+    torch.testing.assert_close(losses["mse"], (F_true - F).pow(2).mean(dim=(1, 2, 3)), rtol=1e-5, atol=1e-8)
+    with pytest.raises(InputError, match="snr_clamp"):
+        d.loss_weight_for("aligned_residual", t, snr_clamp=5.0)
+
+
+def test_guidance_settings_are_one_config_saved_with_the_model(tmp_path):
+    """RePoseConfig.guidance is a GuidanceConfig: saved and loaded with the model; files with the older flat
+    guidance_* fields load into it; a bad or unknown setting is an error naming it."""
+    from repose_core.guidance import GuidanceConfig
+
+    model = tiny_model("full")
+    model.config = dataclasses.replace(model.config, guidance=model.config.guidance.replace(scale=0.03, every=2))
+    save_model(tmp_path / "m.safetensors", model, "repose_dm")
+    loaded = load_model(tmp_path / "m.safetensors")
+    assert loaded.config.guidance == GuidanceConfig(scale=0.03, every=2)
+    legacy = dict(model.config.to_dict(), guidance_scale=0.5, guidance_energy="keypoint", guidance_start=0.0,
+                  guidance_end=0.5)
+    del legacy["guidance"]
+    assert RePoseConfig.from_dict(legacy).guidance == GuidanceConfig(scale=0.5, end=0.5)
+    legacy_b2 = dict(legacy, guidance_scale=0.0)  # 0 meant "off by default": the default η is kept
+    assert RePoseConfig.from_dict(legacy_b2).guidance.scale == GuidanceConfig().scale
+    with pytest.raises(InputError, match="unknown guidance setting"):
+        GuidanceConfig().replace(sigma=2.0)
+    with pytest.raises(InputError, match="every"):
+        RePoseConfig.from_dict(dict(model.config.to_dict(), guidance=dict(every=0)))

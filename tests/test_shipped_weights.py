@@ -111,7 +111,7 @@ def test_guidance_lowers_the_pose_energy_of_the_shipped_full_model(weights, exam
     from repose_core.pose import PoseFrame
 
     pipe = PoseTransferPipeline.from_files(weights["full"], weights["estimator"])
-    assert pipe.model.config.guidance_scale > 0
+    assert pipe.model.config.variant == "full" and pipe.model.config.guidance.scale > 0
     kw = dict(steps=20, seed=0, eta=1.0)
     plain = pipe.transfer(examples["sources"], examples["target_poses"], **kw).canvas_images
     guided_run = pipe.transfer(examples["sources"], examples["target_poses"], guidance=True, **kw)

@@ -491,13 +491,14 @@ def cmd_ship(args) -> int:
         with torch.inference_mode(False):
             model = load_model(runs / run / "ema.safetensors").half()
         if name == "repose_default_full.safetensors":
-            defaults = {"variant": "full", "guidance_energy": "keypoint", "guidance_start": 0.0, "guidance_end": 1.0}
+            guidance = model.config.guidance
             if args.guidance_scale is not None:  # the η chosen by `sweep` becomes the default
-                defaults["guidance_scale"] = args.guidance_scale
+                guidance = guidance.replace(scale=args.guidance_scale)
+            defaults = {"variant": "full", "guidance": guidance}
             if args.cfg is not None:
                 defaults["cfg_scale"] = args.cfg
             model.config = dataclasses.replace(model.config, **defaults)
-            record = dict(record, shipped_config=dict(defaults))
+            record = dict(record, shipped_config=dict(defaults, guidance=guidance.to_dict()))
         save_model(dest / name, model, "repose_dm", extra_metadata={"training": record, "stored_dtype": "float16"})
         shipped.append((name, record))
     if args.estimator_run:

@@ -85,7 +85,7 @@ class Options:
                                                          "correction of the aligned source; needs "
                                                          "--aligned-source-input) ('' = the preset's: v for the "
                                                          "miniatures, eps otherwise)",
-                                                 "choices": ("", "eps", "v", "aligned_x0")})
+                                                 "choices": ("", "eps", "v", "aligned_x0", "aligned_residual")})
     aligned_source_input: bool = field(default=False, metadata={"help": "OUR ADDITION: also concatenate the "
                                                                        "RPA-aligned source to the UNet input "
                                                                        "(b2 / full)"})
@@ -237,8 +237,9 @@ def training_loss(step_module, model, diffusion, batch, opts: Options, noise_gen
                                        energy_for(estimator, codec, target01, opts), eta=opts.guidance_eta)
         logs["guidance_shift"] = float((mse_target - noise).pow(2).mean())
     losses = diffusion.training_losses(out, x0, x_t, t, noise, vb_weight=opts.vb_weight, mse_target=mse_target,
-                                       mse_weight=diffusion.loss_weight_for(model.config.prediction, t,
-                                                                            snr_clamp=opts.snr_clamp))
+                                       mse_weight=diffusion.loss_weight_for(
+                                           model.config.prediction, t, snr_clamp=opts.snr_clamp,
+                                           sigma_data=model.config.residual_sigma_data))
     loss = losses["loss"].mean()
     logs.update(mse=float(losses["mse"].detach().mean()), vb=float(losses["vb"].detach().mean()))
     if opts.rpa_warp_weight > 0 and cond.warped and keep.any():

@@ -282,18 +282,28 @@ class GaussianDiffusion:
             vb = self.vb_terms_bpd(frozen, x0, x_t, t) * (self.num_timesteps / 1000.0)
         return {"loss": mse + vb_weight * vb, "mse": mse, "vb": vb}
 
-    def loss_weight_for(self, prediction: str, t: Tensor, snr_clamp: float = 0.0) -> Tensor | None:
+    def loss_weight_for(self, prediction: str, t: Tensor, snr_clamp: float = 0.0,
+                        sigma_data: float = 0.2) -> Tensor | None:
         """Per-sample weight of the ε-MSE for a model that predicts `prediction`: None for "eps" (PIDM's equal
         weights), 1/ᾱ_t for "v" and "aligned_x0" (ε − ε_θ = √ᾱ_t·(v − v_θ), so ε-MSE/ᾱ_t is the v-MSE).
 
         In x̂0 space the v-MSE weights the error by 1 + SNR_t (SNR = ᾱ/(1−ᾱ)): up to 1e4 at t = 0, so the easy
         low-noise steps dominate the gradient. snr_clamp = γ > 0 caps that weight at 1 + γ (min-SNR-γ weighting,
-        Hang et al. 2023, in its v form), which leaves more of each step to the high-noise x̂0 that sets the layout."""
+        Hang et al. 2023, in its v form), which leaves more of each step to the high-noise x̂0 that sets the layout.
+
+        "aligned_residual": EDM's unit weight on the network output F, 1 + σ²/σ_d² on the ε-MSE (σ² = (1−ᾱ)/ᾱ,
+        σ_d = `sigma_data`); snr_clamp does not apply."""
         if prediction == "eps":
             return None
-        if prediction not in ("v", "aligned_x0"):  # aligned_x0: the same v-space MSE (RePoseConfig.prediction)
-            raise InputError(f"unknown prediction {prediction!r}; accepted: 'eps', 'v', 'aligned_x0'")
         abar = self._table("alphas_cumprod", t.device)[t]
+        if prediction == "aligned_residual":
+            if snr_clamp > 0:
+                raise InputError("snr_clamp applies to 'v' / 'aligned_x0' models; 'aligned_residual' has EDM's "
+                                 "loss weight")
+            return (1 + (1 - abar) / abar / sigma_data ** 2).float()
+        if prediction not in ("v", "aligned_x0"):  # aligned_x0: the same v-space MSE (RePoseConfig.prediction)
+            raise InputError(f"unknown prediction {prediction!r}; accepted: 'eps', 'v', 'aligned_x0', "
+                             f"'aligned_residual'")
         if snr_clamp > 0:
             snr = abar / (1 - abar)
             return (torch.clamp(1 + snr, max=1 + snr_clamp) / snr).float()

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError
+from .config import REDUCTIONS
 from .targets import KeypointTarget, expand_batch
 
-REDUCTIONS = ("sum", "mean")
 
 
 def heatmap_mask(heatmaps: Tensor, threshold: float = 0.1) -> Tensor:

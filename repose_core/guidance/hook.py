@@ -31,16 +31,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError, ReposeError
-from .energies import REDUCTIONS, feature_energy, keypoint_energy, reference_features
+from .config import GuidanceConfig
+from .energies import feature_energy, keypoint_energy, reference_features
 from .targets import KeypointTarget
 
 log = logging.getLogger("repose")
 
-ENERGIES = ("keypoint", "feature")
-# Recommended active window for pipelines/nodes: guide every 2nd step of the first half (high noise, where the pose
-# is decided). Chosen for cost (bench/bench_guidance.py: whole run ≤ 1.3× unguided); not yet tuned for quality.
-DEFAULT_SCHEDULE = {"start": 0.0, "end": 0.5, "every": 2}
-SCHEDULES = ("constant", "eq15")
+# Cheaper window for callers that want it (bench/bench_guidance.py prices it): every 2nd step of the first half,
+# where the pose is decided. The defaults (GuidanceConfig) guide every step.
+CHEAP_WINDOW = {"start": 0.0, "end": 0.5, "every": 2}
 
 _INFERENCE_WEIGHTS_HELP = (
     "The pose estimator or the codec has weights that were created inside torch.inference_mode(), and inference "
@@ -69,74 +68,56 @@ class PoseGuidance:
 
     Args:
         estimator:       PoseEstimator (features / heatmaps / features_and_heatmaps on RGB [0,1]); put in eval mode.
-                         May be None when `energy` is a callable.
+                         May be None when the energy is a callable.
         codec:           Codec; `decode(z)` maps diffusion space to a [-1,1] image, differentiably.
         target:          energy "keypoint": Pose / PoseFrame / list (see `KeypointTarget`) or COCO-17 keypoints
                          (B, 17, 3); energy "feature": the reference image (B|1, 3, H, W) RGB in [0, 1] (P_ref, eq. 11).
-        energy:          "keypoint" | "feature" | callable(pred01 (B,3,H,W) in [0,1]) -> (B,) energies.
-        scale:           η. 0 switches guidance off (the input is returned untouched).
-        start, end:      active window as fractions of sampling progress p = step_index / total_steps, active when
-                         start <= p < end (end >= 1 includes the last step).
-        every:           guide only steps whose index is a multiple of `every`.
-        clip_grad_norm:  if set, each sample's ∇G is rescaled to at most this L2 norm.
-        estimator_size:  resize the decoded x̂0 (longer side, differentiable) before the estimator, e.g. 256.
+        config:          GuidanceConfig (the settings: η, energy, window, schedule, ...); None = its defaults.
+        **settings:      GuidanceConfig fields overriding `config` (e.g. scale=0.1); `energy` may also be a
+                         callable(pred01 (B,3,H,W) in [0,1]) -> (B,) energies.
         total_steps:     number of sampling steps (needed for a window other than [0, 1]); `guide_denoised` passes it.
-        threshold:       τ of the heatmap masks.  sigma: Gaussian σ of the keypoint targets (heatmap pixels).
         keypoint_canvas: (H, W) canvas of keypoint tensors; None = pixels of the decoded image.
-        schedule:        "constant" | "eq15" (module docstring).  alphas_cumprod: (T,) for "eq15" in the sampler hook.
-        cfg_scale, cfg_scale_gradient: multiply the step by w_c to follow eq. 16 literally.
-        reduction:       "sum" (paper) | "mean" (resolution-independent η).
+        alphas_cumprod:  (T,) ᾱ table that the sampler's t indexes, for schedule "eq15" in the sampler hook.
+        cfg_scale:       w_c, used when config.cfg_scale_gradient follows eq. 16 literally.
     `history` records, per guided step: step, t, alpha_bar, energy (list per sample), grad_norm, step_size.
     """
 
-    def __init__(self, estimator, codec, target=None, *, energy: str | Callable = "keypoint", scale: float = 1.0,
-                 start: float = 0.0, end: float = 1.0, every: int = 1, clip_grad_norm: float | None = None,
-                 estimator_size: int | None = None, total_steps: int | None = None, threshold: float = 0.1,
-                 sigma: float = 2.0, keypoint_canvas: tuple[int, int] | None = None, schedule: str = "constant",
-                 alphas_cumprod: Tensor | None = None, cfg_scale: float = 1.0, cfg_scale_gradient: bool = False,
-                 reduction: str = "sum"):
-        if not callable(energy) and energy not in ENERGIES:
-            raise InputError(f"guidance energy must be one of {ENERGIES} or a callable, got {energy!r}")
-        if schedule not in SCHEDULES:
-            raise InputError(f"guidance schedule must be one of {SCHEDULES}, got {schedule!r}")
-        if reduction not in REDUCTIONS:
-            raise InputError(f"guidance reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        if not (0.0 <= start <= end) or start > 1.0:
-            raise InputError(f"guidance window needs 0 <= start <= end and start <= 1, got start={start}, end={end}")
-        if int(every) != every or every < 1:
-            raise InputError(f"guidance 'every' must be an integer >= 1, got {every}")
-        if scale < 0 or not math.isfinite(scale):
-            raise InputError(f"guidance scale must be finite and >= 0, got {scale}")
-        if clip_grad_norm is not None and clip_grad_norm <= 0:
-            raise InputError(f"clip_grad_norm must be > 0 or None, got {clip_grad_norm}")
-        if estimator_size is not None and estimator_size < 32:
-            raise InputError(f"estimator_size must be >= 32 pixels (or None), got {estimator_size}")
+    def __init__(self, estimator, codec, target=None, config: GuidanceConfig | None = None, *,
+                 total_steps: int | None = None, keypoint_canvas: tuple[int, int] | None = None,
+                 alphas_cumprod: Tensor | None = None, cfg_scale: float = 1.0, **settings):
+        energy_fn = settings.pop("energy") if callable(settings.get("energy")) else None
+        config = (config if config is not None else GuidanceConfig()).replace(**settings)
         if total_steps is not None and total_steps < 1:
             raise InputError(f"total_steps must be >= 1, got {total_steps}")
-        if schedule == "eq15" and alphas_cumprod is None:
+        if config.schedule == "eq15" and alphas_cumprod is None:
             log.debug("schedule 'eq15' without alphas_cumprod: only guide_denoised (sigma-based) can be used")
         if not callable(getattr(codec, "decode", None)):
             raise InputError(f"guidance needs a codec with a differentiable decode(z) -> [-1, 1] image (IdentityCodec "
                              f"for pixel-space models), got {type(codec).__name__}")
-        if not callable(energy) and estimator is None:
-            raise InputError(f"energy {energy!r} needs a pose estimator")
+        if energy_fn is None and estimator is None:
+            raise InputError(f"energy {config.energy!r} needs a pose estimator")
+        self.config = config
         self.estimator = estimator.eval() if estimator is not None else None  # BN must use running statistics
         self.codec = codec
-        self.energy_kind = energy
-        self.scale, self.start, self.end, self.every = float(scale), float(start), float(end), int(every)
-        self.clip_grad_norm = clip_grad_norm
-        self.estimator_size = estimator_size
+        self.energy_kind = energy_fn if energy_fn is not None else config.energy
+        self.scale, self.start, self.end, self.every = config.scale, config.start, config.end, config.every
+        self.clip_grad_norm = config.clip_grad_norm
+        self.estimator_size = config.estimator_size
         self.total_steps = total_steps
-        self.threshold = threshold
-        self.schedule = schedule
+        self.threshold = config.threshold
+        self.schedule = config.schedule
         self.alphas_cumprod = (None if alphas_cumprod is None
                                else torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().cpu())
-        self.cfg_scale, self.cfg_scale_gradient = float(cfg_scale), bool(cfg_scale_gradient)
-        self.reduction = reduction
+        self.cfg_scale, self.cfg_scale_gradient = float(cfg_scale), config.cfg_scale_gradient
+        self.reduction = config.reduction
         self.history: list[dict] = []
         self._ref_cache: dict = {}
         self.keypoint_target = None
         self.reference = None
+        energy = self.energy_kind
+        # Gaussian targets as wide as the estimator's training targets (SmallHRNet stores its sigma), so that the
+        # keypoint energy is minimal at the target pose.
+        sigma = config.heatmap_sigma or float(getattr(getattr(estimator, "config", None), "sigma", 2.0))
         if energy == "keypoint":
             if target is None:
                 raise InputError("keypoint guidance needs a target pose (Pose, PoseFrame, list or (B,17,3) keypoints)")

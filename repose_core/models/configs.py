@@ -4,7 +4,7 @@ Variants (paper Sec. 4.3, Table 2):
 - "b1": PIDM — texture encoder + cross-attention, no RPA (`rpa` is None).
 - "b2": b1 + Recurrent Pose Alignment (Sec. 3.2): the texture encoder sees the pose-aligned source.
 - "full": the network of b2, plus gradient guidance from Pose Interaction Fields (Sec. 3.3) at sampling and,
-  optionally, in training; only the guidance defaults differ from b2.
+  optionally, in training; the network is b2's, and samplers turn pose guidance on by default (`guidance`).
 
 Presets (image size in pixels H×W):
 - "deepfashion256" 256×176, pixel space with PIDM's 20-channel pose map and PIDM's released UNet: a converted PIDM
@@ -29,6 +29,13 @@ resolution, not only through cross-attention (which has no position signal). Nee
 x0 − W(I_S; F^N) of the aligned source, so an untrained network already returns RPA's warp (x̂0 = aligned source)
 and training teaches it to repair what the warp got wrong; forward() converts to ε like "v", and the loss is the
 same v-space MSE.
+`prediction="aligned_residual"` (OUR ADDITION, with `aligned_source_input`): EDM's preconditioning (Karras et al.
+2022, eq. 7 and table 1) applied to the residual r = x0 − a around the aligned source a = W(I_S; F^N):
+    x̂0 = a + c_skip(σ)·(x_t/√ᾱ − a) + c_out(σ)·F,   σ² = (1−ᾱ)/ᾱ,
+    c_skip = σ_d² / (σ² + σ_d²),   c_out = σ·σ_d / √(σ² + σ_d²),   σ_d = `residual_sigma_data`,
+so at high noise x̂0 is the warp plus a learned correction (like "aligned_x0") and at low noise it is the identity
+on x_t (like ε-prediction), where "aligned_x0" had to re-draw the whole image and left noise in the last steps.
+The loss is EDM's: unit weight on F (ε-MSE × (1 + σ²/σ_d²)).
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError
+from ..guidance.config import GuidanceConfig
 from .codec import codec_spec
 from .rpa import RPAConfig
 from .unet import UNetConfig, pidm_deepfashion256_config
@@ -45,7 +53,7 @@ __all__ = ["RePoseConfig", "RPAConfig", "UNetConfig", "get_config", "CONFIG_NAME
            "PREDICTIONS"]
 
 VARIANTS = ("b1", "b2", "full")
-PREDICTIONS = ("eps", "v", "aligned_x0")
+PREDICTIONS = ("eps", "v", "aligned_x0", "aligned_residual")
 POSE_ENCODINGS = ("pidm20", "skeleton_codec")
 PIDM_POSE_CHANNELS = 20
 
@@ -61,12 +69,10 @@ class RePoseConfig:
     cond_drop_prob: float = 0.1  # training: P(source replaced by zeros), the CFG "∅" (PIDM guidance_prob)
     timesteps: int = 1000  # T of the linear β schedule (1e-4 -> 2e-2)
     cfg_scale: float = 2.0  # classifier-free guidance scale at sampling (PIDM: 2)
-    guidance_scale: float = 0.0  # default η of pose gradient guidance (0 = off; "full" turns it on)
-    guidance_energy: str = "keypoint"  # default energy of PoseGuidance: "keypoint" | "feature"
-    guidance_start: float = 0.0  # default guidance window, fractions of sampling progress
-    guidance_end: float = 1.0
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)  # pose guidance settings (on for "full")
     prediction: str = "eps"  # what the network predicts: "eps" (PIDM) | "v"; forward() always returns ε
     aligned_source_input: bool = False  # ours: RPA-aligned source also concatenated to the UNet input (b2/full)
+    residual_sigma_data: float = 0.2  # σ_d of "aligned_residual": RMS of x0 − aligned source (0.19 on synth64)
 
     def __post_init__(self):
         def bad(name: str, what: str):
@@ -76,6 +82,8 @@ class RePoseConfig:
             object.__setattr__(self, "unet", UNetConfig.from_dict(self.unet))
         if isinstance(self.rpa, dict):
             object.__setattr__(self, "rpa", _rpa_from_dict(self.rpa))
+        if isinstance(self.guidance, dict):
+            object.__setattr__(self, "guidance", GuidanceConfig.from_dict(self.guidance))
         object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
 
         if self.variant not in VARIANTS:
@@ -91,14 +99,14 @@ class RePoseConfig:
             bad("cond_drop_prob", "must be in [0, 1)")
         if self.timesteps < 1:
             bad("timesteps", "must be >= 1")
-        if self.guidance_energy not in ("keypoint", "feature"):
-            bad("guidance_energy", "accepted: 'keypoint', 'feature'")
         if self.prediction not in PREDICTIONS:
             bad("prediction", f"accepted: {', '.join(PREDICTIONS)}")
         if self.aligned_source_input and self.variant == "b1":
             bad("aligned_source_input", "needs Recurrent Pose Alignment (variant 'b2' or 'full')")
-        if self.prediction == "aligned_x0" and not self.aligned_source_input:
-            bad("prediction", "'aligned_x0' corrects the aligned source: it needs aligned_source_input=True")
+        if self.prediction in ("aligned_x0", "aligned_residual") and not self.aligned_source_input:
+            bad("prediction", f"{self.prediction!r} corrects the aligned source: it needs aligned_source_input=True")
+        if not self.residual_sigma_data > 0:
+            bad("residual_sigma_data", "must be > 0")
 
         pose = self.pose_channels
         extra = channels if self.aligned_source_input else 0
@@ -150,7 +158,14 @@ class RePoseConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RePoseConfig":
-        """Inverse of `to_dict` (JSON lists become tuples); unknown fields are an error."""
+        """Inverse of `to_dict` (JSON lists become tuples); unknown fields are an error. Files written before
+        `guidance` was one GuidanceConfig (flat guidance_scale / _energy / _start / _end) are read into it."""
+        data = dict(data)
+        legacy = {k: data.pop(f"guidance_{k}") for k in ("scale", "energy", "start", "end") if f"guidance_{k}" in data}
+        if legacy:
+            if not legacy.get("scale", 1.0):  # 0 meant "off by default", which the variant now says
+                legacy.pop("scale")
+            data["guidance"] = {**data.get("guidance", {}), **legacy}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -160,6 +175,8 @@ class RePoseConfig:
             values["unet"] = UNetConfig.from_dict(values["unet"])
         if isinstance(values.get("rpa"), dict):
             values["rpa"] = _rpa_from_dict(values["rpa"])
+        if isinstance(values.get("guidance"), dict):
+            values["guidance"] = GuidanceConfig.from_dict(values["guidance"])
         return cls(**values)
 
 
@@ -228,11 +245,6 @@ _PRESETS = {"tiny": _tiny, "tiny128": _tiny128, "deepfashion256": _deepfashion25
             "market1501": _market1501}
 CONFIG_NAMES = tuple(_PRESETS)
 
-# Defaults of pose gradient guidance for the "full" variant (paper Sec. 3.3-3.4; the paper gives no η, so 1.0 with
-# the keypoint energy over the whole trajectory is our default — tune with bench/bench_guidance.py).
-_FULL_GUIDANCE = dict(guidance_scale=1.0, guidance_energy="keypoint", guidance_start=0.0, guidance_end=1.0)
-
-
 def get_config(name: str, variant: str = "b2", **overrides) -> RePoseConfig:
     """Named preset for a variant. `overrides` replace RePoseConfig fields; `rpa=` may be a dict of RPAConfig
     field overrides (e.g. get_config("tiny", "b2", rpa=dict(warp_space="feature", iterations=2)))."""
@@ -243,8 +255,6 @@ def get_config(name: str, variant: str = "b2", **overrides) -> RePoseConfig:
     fields_ = _PRESETS[name]()
     if variant == "b1":
         fields_["rpa"] = None
-    if variant == "full":
-        fields_.update(_FULL_GUIDANCE)
     rpa_over = overrides.pop("rpa", _MISSING)
     if isinstance(rpa_over, dict):
         if fields_["rpa"] is None:

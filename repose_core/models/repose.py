@@ -228,6 +228,9 @@ class RePoseDM(nn.Module):
         elif self.config.prediction == "aligned_x0":
             x0 = cond.aligned_source.float() + out[:, :C].float()
             out = torch.cat([self.eps_from_x0(x_t, t, x0).to(out.dtype), out[:, C:]], dim=1)
+        elif self.config.prediction == "aligned_residual":
+            eps = self.eps_from_residual(x_t, t, cond.aligned_source, out[:, :C])
+            out = torch.cat([eps.to(out.dtype), out[:, C:]], dim=1)
         return out
 
     def alphas_cumprod_at(self, t: Tensor, like: Tensor) -> Tensor:
@@ -249,6 +252,16 @@ class RePoseDM(nn.Module):
         """ε = (x_t − √ᾱ·x0) / √(1−ᾱ): the noise consistent with a predicted clean sample."""
         abar = self.alphas_cumprod_at(t, x_t)
         return (x_t.float() - abar.sqrt() * x0.float()) / (1 - abar).sqrt()
+
+    def eps_from_residual(self, x_t: Tensor, t: Tensor, aligned: Tensor, F: Tensor) -> Tensor:
+        """ε of "aligned_residual" (configs module docstring): with x̃ = x_t/√ᾱ = x0 + σ·ε and
+        x̂0 = a + c_skip·(x̃ − a) + c_out·F,  ε̂ = (x̃ − x̂0)/σ = σ/(σ² + σ_d²)·(x̃ − a) − σ_d/√(σ² + σ_d²)·F,
+        written without the 1/σ so that it stays exact at t = 0."""
+        abar = self.alphas_cumprod_at(t, x_t)
+        sigma2 = (1 - abar) / abar
+        sd2 = self.config.residual_sigma_data ** 2
+        x_tilde = x_t.float() / abar.sqrt()
+        return sigma2.sqrt() / (sigma2 + sd2) * (x_tilde - aligned.float()) - (sd2 / (sigma2 + sd2)).sqrt() * F.float()
 
     def eps_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
         """ε = √ᾱ·v + √(1−ᾱ)·x_t (v-parameterisation, Salimans & Ho 2022, eq. in their appendix D)."""
