@@ -23,8 +23,6 @@ decoder for latent models; the paper's ∇_{P̃} for pixel models).
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
