@@ -235,3 +235,18 @@ def test_resume_moves_log_lines_of_redone_steps_aside(tmp_path):
     assert kept == list(range(1, 41))
     moved = (tmp_path / "log.discarded.jsonl").read_text().splitlines()
     assert len(moved) == 6 and json.loads(moved[0])["step"] == 41
+
+
+@pytest.mark.parametrize("script", ["train/train_deepfashion.py", "train/train_sd.py"])
+def test_both_trainers_run_from_the_repository_root_on_the_one_loop(script):
+    """`python train/<script>.py --help` works as the README says, and both scripts read the loop's options
+    (train/loop.py), so --max-minutes, --resume and the save cadence mean the same thing in each."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, script, "--help"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for flag in ("--max-minutes", "--resume", "--overwrite", "--save-every", "--grad-accum", "--warmup-steps"):
+        assert flag in r.stdout, flag

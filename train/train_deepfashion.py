@@ -47,16 +47,17 @@ from repose_core.diffusion import GaussianDiffusion, drop_condition, linear_beta
 from repose_core.models.configs import CONFIG_NAMES, get_config  # noqa: E402
 from repose_core.models.repose import RePoseDM, as_repose_model  # noqa: E402
 from repose_core.errors import InputError, ReposeError  # noqa: E402
+from train.loop import LoopOptions, run_loop, write_options  # noqa: E402
 from train.common import (  # noqa: E402
     EMA, EpochBatchSampler, RunLogger, cleanup_distributed, image_grid, prepare_run_dir, resume_training_state,
-    options_json, parse_options, restore_rng, save_training_state, setup_distributed, setup_logging,
+    parse_options, restore_rng, save_training_state, setup_distributed, setup_logging,
 )
 
 log = logging.getLogger("repose")
 
 
 @dataclass
-class Options:
+class Options(LoopOptions):
     # data
     data_root: str = field(default="", metadata={"help": "dataset root"})
     layout: str = field(default="patn", metadata={"help": "patn (PATN/CFLD csv) | gfla (PIDM txt) | market",
@@ -113,35 +114,16 @@ class Options:
     guidance_reduction: str = field(default="mean", metadata={"help": "feature energy reduction",
                                                               "choices": ("sum", "mean")})
     estimator_size: int = field(default=0, metadata={"help": "resize x̂0 (longer side) for the estimator; 0 = as is"})
-    # optimisation
-    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    # optimisation (the rest: train/loop.py LoopOptions)
     batch_size: int = field(default=8, metadata={"help": "pairs per process per micro-batch (x2 if bidirectional)"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
-    max_steps: int = field(default=300000, metadata={"help": "optimizer steps"})
-    max_minutes: float = field(default=0.0, metadata={"help": "stop (and save) after this much training time, "
-                                                               "whatever the step (0 = no limit); --resume goes on"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear LR warm-up steps (then constant)"})
-    grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip (0 = off)"})
     ema_decay: float = field(default=0.9999, metadata={"help": "EMA decay"})
     ema_warmup_steps: int = field(default=0, metadata={"help": "EMA copies the model before this step (PIDM)"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute UNet activations in backward"})
     # run
-    out: str = field(default="runs/repose", metadata={"help": "run folder"})
-    resume: bool = field(default=False, metadata={"help": "continue from the newest intact checkpoint in "
-                                                          "<out>/checkpoints (damaged newer ones are skipped)"})
-    overwrite: bool = field(default=False, metadata={"help": "start over in an --out that holds a run, deleting "
-                                                             "its checkpoints, ema.safetensors and logs"})
-    save_every: int = field(default=5000, metadata={"help": "checkpoint + EMA export every N steps"})
-    log_every: int = field(default=50, metadata={"help": "scalars every N steps"})
     sample_every: int = field(default=0, metadata={"help": "sample grid every N steps (0 = off)"})
     sample_steps: int = field(default=25, metadata={"help": "DDIM steps of the sample grid"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "training-state folders kept"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
     device: str = field(default="auto", metadata={"help": "auto | cuda | cpu"})
-    tensorboard: bool = field(default=True, metadata={"help": "TensorBoard when installed (else JSONL)"})
-    dry_run: bool = field(default=False, metadata={"help": "print the options, write config.json, exit"})
     write_rank_weights: bool = field(default=False, metadata={"help": "every rank writes its final weights to "
                                                                        "<out>/final_rank<k>.safetensors (to verify "
                                                                        "that DDP ranks agree)"})
@@ -250,13 +232,6 @@ def training_loss(step_module, model, diffusion, batch, opts: Options, noise_gen
     return loss, logs, cond
 
 
-def lr_at(step: int, opts: Options) -> float:
-    """Linear warm-up, then constant: independent of max_steps, so a run can be extended and resumed."""
-    if opts.warmup_steps > 0 and step < opts.warmup_steps:
-        return opts.lr * (step + 1) / opts.warmup_steps
-    return opts.lr
-
-
 @torch.no_grad()
 def sample_grid(ema_model, diffusion, batch, opts: Options, device, n: int = 4) -> torch.Tensor:
     """Rows of source | pose | warped | sample | target, in [0, 1]."""
@@ -284,9 +259,7 @@ def main(argv=None) -> int:
         opts.guided_loss = True
     out = Path(opts.out)
     if opts.dry_run:
-        print(options_json(opts))
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(options_json(opts) + "\n", encoding="utf-8")
+        write_options(opts)
         return 0
     if not opts.data_root:
         raise InputError("--data-root is required")
@@ -299,9 +272,7 @@ def main(argv=None) -> int:
     setup_logging(dist.master)
     torch.manual_seed(opts.seed)                       # same initial weights (and EMA) on every rank
     prepare_run_dir(out, resume=opts.resume, overwrite=opts.overwrite, master=dist.master)   # never clobber a run
-    out.mkdir(parents=True, exist_ok=True)
-    if dist.master:
-        (out / "config.json").write_text(options_json(opts) + "\n", encoding="utf-8")
+    write_options(opts, dist.master)
 
     # -- model, codec, diffusion
     model, codec, diffusion = build_model(opts)
@@ -377,11 +348,8 @@ def main(argv=None) -> int:
                 yield swap_pair_batch(batch) if opts.bidirectional else batch
             epoch, skip = epoch + 1, 0
 
-    saved_at = [step if opts.resume else None]   # the step whose state is on disk (a resumed run's start)
-
     def save(step_now: int) -> None:
         # RNG states differ per rank: every rank's are gathered into the one file (rank<k>.rng.*)
-        saved_at[0] = step_now
         rng_extra = gather_rng(dist, noise_gen)
         if dist.master:
             final = save_training_state(out, step_now, modules={"model": model.state_dict(),
@@ -395,65 +363,47 @@ def main(argv=None) -> int:
         if dist.enabled:
             torch.distributed.barrier()
 
-    from tqdm import tqdm
-    bar = tqdm(total=opts.max_steps, initial=step, disable=not dist.master, desc=f"RePoseDM {opts.variant}",
-               dynamic_ncols=True)
-    it = batches()
-    t_last, pairs_seen = time.perf_counter(), 0
-    deadline = time.monotonic() + 60 * opts.max_minutes if opts.max_minutes > 0 else None
+    class DeepFashionSteps:
+        throughput_key = "pairs_per_s"
 
-    def out_of_time() -> bool:
-        if deadline is None:
-            return False
-        late = time.monotonic() > deadline
-        if dist.enabled:                                # every rank stops at the same step
-            flag = torch.tensor([float(late)], device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            late = bool(flag.item())
-        return late
+        def loss(self, batch):
+            with autocast():
+                loss, logs, _ = training_loss(step_module, model, diffusion, batch, opts, noise_gen, device,
+                                              estimator)
+            return loss, logs, None
 
-    while step < opts.max_steps:
-        if out_of_time():
-            log.info("--max-minutes %.1f reached at step %d: saving and stopping", opts.max_minutes, step)
-            if saved_at[0] != step:
-                save(step)
-            break
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, opts)
-        logs_sum: dict[str, float] = {}
-        for micro in range(opts.grad_accum):
-            batch = next(it)
-            last = micro == opts.grad_accum - 1
-            # DDP: all-reduce gradients only on the last micro-batch (no_sync on the others)
-            sync_ctx = step_module.no_sync() if dist.enabled and not last else contextlib.nullcontext()
-            with sync_ctx:
-                with autocast():
-                    loss, logs, _ = training_loss(step_module, model, diffusion, batch, opts, noise_gen, device,
-                                                  estimator)
-                (loss / opts.grad_accum).backward()
-            for k, v in logs.items():
-                logs_sum[k] = logs_sum.get(k, 0.0) + v / opts.grad_accum
-            pairs_seen += batch["source"].shape[0] * dist.world
-        if opts.grad_clip > 0:
-            logs_sum["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        ema.update(model, step)
-        bar.update(1)
-        bar.set_postfix(loss=f"{logs_sum['loss']:.4f}")
-        if step % opts.log_every == 0 or step == opts.max_steps:
-            now = time.perf_counter()
-            logs_sum.update(lr=optimizer.param_groups[0]["lr"], pairs_per_s=pairs_seen / max(now - t_last, 1e-9))
-            t_last, pairs_seen = now, 0
-            logger.scalars(step, logs_sum)
-        if opts.sample_every and step % opts.sample_every == 0 and dist.master:
+        def backward(self, loss):
+            loss.backward()
+
+        def no_sync(self):
+            return step_module.no_sync() if dist.enabled else contextlib.nullcontext()
+
+        def clip(self, max_norm):
+            return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+
+        def after_step(self, step_now):
+            ema.update(model, step_now)
+
+        def save(self, step_now):
+            save(step_now)
+
+        def preview(self, step_now, batch, extra):
             ema.model.eval()
-            logger.image(step, "samples/source|pose|warped|sample|target",
+            logger.image(step_now, "samples/source|pose|warped|sample|target",
                          sample_grid(ema.model, diffusion, batch, opts, device))
-        if step % opts.save_every == 0 or step == opts.max_steps:
-            save(step)
-    bar.close()
+
+        def any_process(self, flag):
+            if dist.enabled:
+                t = torch.tensor([float(flag)], device=device)
+                torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+                flag = bool(t.item())
+            return flag
+
+        def items(self, batch):
+            return batch["source"].shape[0]
+
+    run_loop(opts, DeepFashionSteps(), optimizer, batches(), step=step, world=dist.world, master=dist.master,
+             logger=logger, desc=f"RePoseDM {opts.variant}", preview_every=opts.sample_every)
     logger.close()
     if opts.write_rank_weights:
         from safetensors.torch import save_file

@@ -24,7 +24,6 @@ import dataclasses
 import logging
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,15 +37,16 @@ import torch.nn.functional as F  # noqa: E402
 from repose_core.data import HumanSDDataset, load_humansd_records  # noqa: E402
 from repose_core.errors import InputError, MissingDependencyError, ReposeError  # noqa: E402
 from train.common import (  # noqa: E402
-    EMA, EpochBatchSampler, RunLogger, image_grid, prepare_run_dir, resume_training_state, options_json,
-    parse_options, restore_rng, save_training_state, setup_logging,
+    EMA, EpochBatchSampler, RunLogger, image_grid, prepare_run_dir, resume_training_state, parse_options,
+    restore_rng, save_training_state, setup_logging,
 )
+from train.loop import LoopOptions, run_loop, write_options  # noqa: E402
 
 log = logging.getLogger("repose")
 
 
 @dataclass
-class Options:
+class Options(LoopOptions):
     # data
     mapping: str = field(default="", metadata={"help": "HumanSD mapping JSON [{img_path, pose_path, prompt}]"})
     data_root: str = field(default="", metadata={"help": "folder the mapping's paths are relative to "
@@ -69,31 +69,18 @@ class Options:
     estimator_size: int = field(default=0, metadata={"help": "resize x̂0 (longer side) before the estimator; "
                                                              "0 = as is"})
     text_dropout: float = field(default=0.0, metadata={"help": "probability of an empty prompt (for CFG on text)"})
-    # optimisation
+    # optimisation and run (the rest: train/loop.py LoopOptions), with this script's defaults
     lr: float = field(default=5e-6, metadata={"help": "AdamW learning rate (HumanSD: 5e-6 per 4 images per GPU)"})
-    weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})
     batch_size: int = field(default=4, metadata={"help": "images per GPU per micro-batch"})
-    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     max_steps: int = field(default=10000, metadata={"help": "optimizer steps"})
-    warmup_steps: int = field(default=0, metadata={"help": "linear LR warm-up steps"})
-    grad_clip: float = field(default=1.0, metadata={"help": "gradient-norm clip (0 = off)"})
     mixed_precision: str = field(default="no", metadata={"help": "autocast precision",
                                                          "choices": ("no", "bf16", "fp16")})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "UNet activation checkpointing"})
     ema_decay: float = field(default=0.0, metadata={"help": "EMA of the UNet (0 = off; exported when on)"})
-    # run
     out: str = field(default="runs/repose_sd", metadata={"help": "run folder"})
-    resume: bool = field(default=False, metadata={"help": "continue from the newest intact checkpoint in "
-                                                          "<out>/checkpoints (damaged newer ones are skipped)"})
-    overwrite: bool = field(default=False, metadata={"help": "start over in an --out that holds a run, deleting "
-                                                             "its checkpoints, ema.safetensors and logs"})
     save_every: int = field(default=500, metadata={"help": "checkpoint + export every N steps"})
     log_every: int = field(default=10, metadata={"help": "scalars every N steps"})
     preview_every: int = field(default=0, metadata={"help": "pose | x̂0 | target grid every N steps (0 = off)"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "training-state folders kept"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    tensorboard: bool = field(default=True, metadata={"help": "log to TensorBoard when installed"})
-    dry_run: bool = field(default=False, metadata={"help": "print the options, write config.json, exit"})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -221,20 +208,11 @@ def sd_loss(unet, vae, text_encoder, tokenizer, scheduler, batch, opts: Options,
 # Main
 
 
-def lr_at(step: int, opts: Options) -> float:
-    """Linear warm-up, then constant (independent of max_steps, so a run can be extended)."""
-    if opts.warmup_steps > 0 and step < opts.warmup_steps:
-        return opts.lr * (step + 1) / opts.warmup_steps
-    return opts.lr
-
-
 def main(argv=None) -> int:
     opts = parse_options(Options, argv, __doc__.splitlines()[0])
     out = Path(opts.out)
     if opts.dry_run:
-        print(options_json(opts))
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(options_json(opts) + "\n", encoding="utf-8")
+        write_options(opts)
         return 0
     try:
         from accelerate import Accelerator
@@ -251,9 +229,7 @@ def main(argv=None) -> int:
     setup_logging(accelerator.is_main_process)
     torch.manual_seed(opts.seed + rank)
     prepare_run_dir(out, resume=opts.resume, overwrite=opts.overwrite, master=accelerator.is_main_process)
-    out.mkdir(parents=True, exist_ok=True)
-    if accelerator.is_main_process:
-        (out / "config.json").write_text(options_json(opts) + "\n", encoding="utf-8")
+    write_options(opts, accelerator.is_main_process)
 
     # -- data
     on_error = "fatal" if opts.strict_data else "skip"
@@ -324,49 +300,46 @@ def main(argv=None) -> int:
                         {"step": step_now, "base": str(opts.pretrained), "guided_loss": opts.guided_loss})
         accelerator.wait_for_everyone()
 
-    from tqdm import tqdm
-    bar = tqdm(total=opts.max_steps, initial=step, disable=not accelerator.is_main_process, desc="RePoseSD")
-    it = batches()
-    t0 = time.perf_counter()
-    while step < opts.max_steps:
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, opts)
-        logs_sum = {"loss": 0.0}
-        for micro in range(opts.grad_accum):
-            batch = next(it)
-            sync = micro == opts.grad_accum - 1
-            ctx = accelerator.no_sync(unet) if not sync and world > 1 else contextlib.nullcontext()
-            with ctx, accelerator.autocast():
-                loss, logs, preview = sd_loss(unet, vae, text_encoder, tokenizer, scheduler, batch, opts, estimator,
-                                              noise_gen, device)
-                accelerator.backward(loss / opts.grad_accum)
-            logs_sum["loss"] += float(loss.detach()) / opts.grad_accum
-            for k, v in logs.items():
-                logs_sum[k] = logs_sum.get(k, 0.0) + v / opts.grad_accum
-        if opts.grad_clip > 0:
-            logs_sum["grad_norm"] = float(accelerator.clip_grad_norm_(unet.parameters(), opts.grad_clip))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        if ema is not None:
-            ema.update(accelerator.unwrap_model(unet), step)
-        bar.update(1)
-        bar.set_postfix(loss=f"{logs_sum['loss']:.4f}")
-        if step % opts.log_every == 0 or step == opts.max_steps:
-            logs_sum["lr"] = optimizer.param_groups[0]["lr"]
-            logs_sum["images_per_s"] = (opts.batch_size * world * opts.grad_accum * opts.log_every
-                                        / max(time.perf_counter() - t0, 1e-9))
-            t0 = time.perf_counter()
-            logger.scalars(step, logs_sum)
-        if opts.preview_every and step % opts.preview_every == 0 and accelerator.is_main_process:
-            pose_image, x0_hat, image = preview
+    class SDSteps:
+        throughput_key = "images_per_s"
+
+        def loss(self, batch):
+            with accelerator.autocast():
+                return sd_loss(unet, vae, text_encoder, tokenizer, scheduler, batch, opts, estimator, noise_gen,
+                               device)
+
+        def backward(self, loss):
+            accelerator.backward(loss)
+
+        def no_sync(self):
+            return accelerator.no_sync(unet) if world > 1 else contextlib.nullcontext()
+
+        def clip(self, max_norm):
+            return float(accelerator.clip_grad_norm_(unet.parameters(), max_norm))
+
+        def after_step(self, step_now):
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(unet), step_now)
+
+        def save(self, step_now):
+            save(step_now)
+
+        def preview(self, step_now, batch, extra):
+            pose_image, x0_hat, image = extra
             with torch.no_grad():
                 dec = vae.decode(x0_hat[:1].float() / vae.config.scaling_factor).sample
-            logger.image(step, "preview/pose|x0|target", image_grid([[(v[0].float().cpu() + 1) / 2 for v in
-                                                                       (pose_image, dec, image)]]))
-        if step % opts.save_every == 0 or step == opts.max_steps:
-            save(step)
-    bar.close()
+            logger.image(step_now, "preview/pose|x0|target", image_grid([[(v[0].float().cpu() + 1) / 2 for v in
+                                                                           (pose_image, dec, image)]]))
+
+        def any_process(self, flag):
+            t = torch.tensor([float(flag)], device=device)
+            return bool(accelerator.reduce(t, reduction="sum").item() > 0) if world > 1 else flag
+
+        def items(self, batch):
+            return opts.batch_size
+
+    run_loop(opts, SDSteps(), optimizer, batches(), step=step, world=world, master=accelerator.is_main_process,
+             logger=logger, desc="RePoseSD", preview_every=opts.preview_every)
     logger.close()
     accelerator.end_training()
     return 0
