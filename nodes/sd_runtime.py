@@ -8,6 +8,7 @@ so the pose conditioning node only has to VAE-encode the pose image. Imports Com
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -39,9 +40,9 @@ class RePoseSDConfig(comfy.supported_models_base.BASE):
     memory_usage_factor = 1.0
     unet_extra_config = {}
 
-    def __init__(self, unet_config: dict, prediction: str = "eps"):
+    def __init__(self, unet_config: dict, prediction: str = "eps", heads: dict | None = None):
         super().__init__(unet_config)
-        self.unet_config.update(attention_heads(unet_config))
+        self.unet_config.update(heads or attention_heads(unet_config))
         self.prediction = PREDICTIONS[prediction]
 
     def get_model(self, state_dict, prefix="", device=None):
@@ -58,6 +59,24 @@ def attention_heads(unet_config: dict) -> dict:
     if unet_config.get("model_channels", 0) % 64 == 0:
         return {"num_heads": -1, "num_head_channels": 64, "attn_precision": torch.float32}
     return {"num_heads": 1, "num_head_channels": -1}
+
+
+def heads_from_diffusers_config(config: dict, name: str) -> dict:
+    """ComfyUI's head layout from a diffusers UNet config (our export stores it). diffusers' `attention_head_dim` is,
+    for SD UNets, the number of heads per level (a naming quirk diffusers keeps): SD 2.1's (5, 10, 20, 20) over
+    (320, 640, 1280, 1280) channels are 64-channel heads."""
+    heads = config.get("num_attention_heads") or config.get("attention_head_dim")
+    channels = list(config.get("block_out_channels") or [])
+    if not heads or not channels:
+        return {}
+    heads = [heads] * len(channels) if isinstance(heads, int) else list(heads)
+    widths = {c // h for c, h in zip(channels, heads)}
+    if len(widths) == 1:
+        return {"num_heads": -1, "num_head_channels": widths.pop()}
+    if len(set(heads)) == 1:
+        return {"num_heads": heads[0], "num_head_channels": -1}
+    raise CheckpointError(f"{name}: its UNet has {heads} attention heads over {channels} channels; ComfyUI's UNet "
+                          f"needs one head count or one head width for every level")
 
 
 def read_unet_state_dict(path: str) -> tuple[dict, dict]:
@@ -82,9 +101,39 @@ def read_unet_state_dict(path: str) -> tuple[dict, dict]:
         if f"{prefix}input_blocks.0.0.weight" in sd:
             unet = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
             return unet, metadata
+    if "conv_in.weight" in sd:  # diffusers key names: our train/train_sd.py export
+        return diffusers_unet_to_ldm(sd, name), metadata
     raise CheckpointError(f"{name} has no Stable Diffusion UNet weights (no 'model.diffusion_model.input_blocks.0.0."
-                          f"weight' or 'input_blocks.0.0.weight' key); RePoseSD needs an SD UNet with 8 input channels "
-                          f"(our train/train_sd.py export or a HumanSD checkpoint)")
+                          f"weight', 'input_blocks.0.0.weight' or diffusers 'conv_in.weight' key); RePoseSD needs an "
+                          f"SD UNet with 8 input channels (our train/train_sd.py export or a HumanSD checkpoint)")
+
+
+def diffusers_unet_to_ldm(sd: dict, name: str) -> dict:
+    """diffusers UNet2DConditionModel key names -> the original SD (ldm) names ComfyUI's UNetModel uses.
+
+    ComfyUI's own diffusers path only recognises the UNets of known models (an 8-channel or a small UNet is none of
+    them), so the block layout that its key map needs is read from the keys themselves: resnets per down block and
+    transformer blocks per attention, down, middle and up."""
+    keys = list(sd)
+
+    def count(prefix: str) -> int:
+        return comfy.model_detection.count_blocks(keys, prefix)
+
+    down = count("down_blocks.{}.")
+    res = [count(f"down_blocks.{i}.resnets.{{}}.") for i in range(down)]
+    depth = [count(f"down_blocks.{i}.attentions.{j}.transformer_blocks.{{}}.") for i in range(down) for j in range(res[i])]
+    up = [count(f"up_blocks.{x}.attentions.{i}.transformer_blocks.{{}}.") for x in range(down)
+          for i in range(res[::-1][x] + 1)]
+    layout = dict(num_res_blocks=res, channel_mult=[1] * down, transformer_depth=depth,
+                  transformer_depth_output=up[::-1],  # unet_to_diffusers pops it from the end, up block 0 first
+                  transformer_depth_middle=count("mid_block.attentions.0.transformer_blocks.{}."))
+    mapping = comfy.utils.unet_to_diffusers(layout)  # diffusers name -> ldm name
+    unknown = [k for k in keys if k not in mapping]
+    if not down or unknown:
+        raise CheckpointError(f"{name}: diffusers-named UNet weights that do not form a Stable Diffusion UNet "
+                              f"({len(unknown)} keys without an SD counterpart, e.g. {unknown[:3]}); RePoseSD needs "
+                              f"our train/train_sd.py export or a HumanSD checkpoint")
+    return {mapping[k]: v for k, v in sd.items()}
 
 
 def load_repose_sd(path: str, dtype: torch.dtype | None = None, prediction: str | None = None):
@@ -109,7 +158,13 @@ def load_repose_sd(path: str, dtype: torch.dtype | None = None, prediction: str 
     if prediction not in PREDICTIONS:
         raise CheckpointError(f"{name}: prediction type {prediction!r} is not supported; accepted: "
                               f"{', '.join(PREDICTIONS)}")
-    config = RePoseSDConfig(unet_config, prediction)
+    heads = None
+    if metadata.get("config"):  # our export: the diffusers config says how many heads each level has
+        try:
+            heads = heads_from_diffusers_config(json.loads(metadata["config"]), name) or None
+        except (ValueError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{name}: its metadata 'config' is not a diffusers UNet config ({e})") from e
+    config = RePoseSDConfig(unet_config, prediction, heads)
     load_device, offload_device = mm.get_torch_device(), mm.unet_offload_device()
     supported = list(config.supported_inference_dtypes)
     if dtype is None:
