@@ -70,7 +70,7 @@ def main(argv=None) -> int:
              "target_pose_map": pose.expand(B, -1, -1, -1).clone(),
              "index": torch.arange(B), "pair": ["bench"] * B}
     if args.bidirectional:
-        from repose_core.data import swap_pair_batch
+        from train.data import swap_pair_batch
         batch = swap_pair_batch(batch)
     pairs = batch["source"].shape[0]
     gen = torch.Generator().manual_seed(0)

@@ -117,7 +117,7 @@ def synth(tmp_path_factory):
 
 
 def test_eval_cli_perfect_and_skips(synth, tmp_path):
-    from repose_core.data import load_records
+    from train.data import load_records
     from train.eval import generated_name, main
     gen = tmp_path / "gen"
     gen.mkdir()
@@ -136,7 +136,7 @@ def test_eval_cli_perfect_and_skips(synth, tmp_path):
 
 
 def test_eval_missing_generated_images(synth, tmp_path):
-    from repose_core.data import load_records
+    from train.data import load_records
     from train.eval import generated_name, main
     gen = tmp_path / "gen"
     gen.mkdir()

@@ -1,4 +1,4 @@
-"""repose_core.data: the three pair layouts, HumanSD, PIDM augmentations with consistent keypoints, bad files."""
+"""train.data: the three pair layouts, HumanSD, PIDM augmentations with consistent keypoints, bad files."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from repose_core.data import (
+from train.data import (
     Augment, DataFileError, HumanSDDataset, PoseTransferDataset, hflip, load_humansd_records, load_records,
     scale_crop, swap_pair_batch,
 )
@@ -258,7 +258,7 @@ def test_humansd_dataset(tmp_path):
 
 def test_preloaded_pairs_give_what_the_dataset_gives(synth):
     """--preload: the same source/target/pose maps as the un-augmented dataset, for the same pair indices."""
-    from repose_core.data import PreloadedPairs
+    from train.data import PreloadedPairs
 
     ds = PoseTransferDataset(load_records(synth, "patn", "train"), (64, 44))
     pre = PreloadedPairs(ds)
@@ -274,7 +274,7 @@ def test_preloaded_pairs_give_what_the_dataset_gives(synth):
 
 
 def test_preloaded_pairs_skip_or_refuse_pairs_whose_image_went_bad(synth, tmp_path):
-    from repose_core.data import PreloadedPairs
+    from train.data import PreloadedPairs
 
     root = _copy_synth(synth, tmp_path)
     records = load_records(root, "patn", "train")

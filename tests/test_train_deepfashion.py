@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from repose_core.data import DataFileError  # noqa: E402
+from train.data import DataFileError  # noqa: E402
 from repose_core.errors import InputError  # noqa: E402
 from repose_core.pose import (  # noqa: E402
     Pose, write_gfla_pairs, write_gfla_pose, write_patn_annotations, write_patn_pairs,
@@ -133,7 +133,7 @@ def test_train_other_layouts(layout, extra, tmp_path):
 
 def test_overfit_drives_the_loss_down(synth):
     """One pair, one fixed (t, ε): the network memorises it, the loss falls (b1 tiny, lr 2e-3)."""
-    from repose_core.data import PoseTransferDataset, load_records
+    from train.data import PoseTransferDataset, load_records
     opts = T.Options(preset="tiny", variant="b1", cond_dropout=0.0, lr=2e-3)
     torch.manual_seed(0)
     model, _, diffusion = T.build_model(opts)
@@ -155,7 +155,7 @@ def test_overfit_drives_the_loss_down(synth):
 
 def test_guided_loss_changes_the_target(synth):
     """--guided-loss: ε̃ = ε − √(1−ᾱ)·η·∇G moves the MSE target (η = 0 leaves it at ε)."""
-    from repose_core.data import PoseTransferDataset, load_records
+    from train.data import PoseTransferDataset, load_records
 
     class TinyEstimator(torch.nn.Module):
         def __init__(self):

@@ -87,7 +87,7 @@ def test_train_resume_and_export(tiny_sd, humansd_data, tmp_path):
 
 def test_guided_loss_changes_the_target(tiny_sd, humansd_data):
     """eq. 15 on latents: with a pose energy the ε target moves away from ε; with η = 0 it is ε exactly."""
-    from repose_core.data import HumanSDDataset, load_humansd_records
+    from train.data import HumanSDDataset, load_humansd_records
     from train.train_sd import Options, expand_conv_in, load_stable_diffusion, sd_loss
 
     class TinyEstimator(torch.nn.Module):     # PoseEstimator interface: features / heatmaps on RGB [0, 1]

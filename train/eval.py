@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from repose_core import metrics as M  # noqa: E402
-from repose_core.data import LAYOUTS, PairRecord, load_records, read_image  # noqa: E402
+from train.data import LAYOUTS, PairRecord, load_records, read_image  # noqa: E402
 from repose_core.errors import InputError, ReposeError  # noqa: E402
 from repose_core.pose import Pose, openpose18_to_coco17, resize_pose  # noqa: E402
 from train.common import parse_options  # noqa: E402

@@ -31,7 +31,7 @@ from PIL import Image  # noqa: E402
 
 from repose_core.checkpoint import load_model  # noqa: E402
 from repose_core.models.repose import as_repose_model  # noqa: E402
-from repose_core.data import LAYOUTS, load_records, read_image, to_tensor_pm1  # noqa: E402
+from train.data import LAYOUTS, load_records, read_image, to_tensor_pm1  # noqa: E402
 from repose_core.errors import InputError, ReposeError  # noqa: E402
 from repose_core.pose import (  # noqa: E402
     load_pose_file, render_openpose, render_pidm_pose_map, resize_image, resize_pose, write_patn_annotations,

@@ -18,7 +18,7 @@ Loss options:
   (`rpa_warp_loss`). OUR ADDITION, not in the paper (which trains RPA only through the diffusion loss); it gives the
   flow a direct signal early in training. Off by default.
 
-Augmentation (repose_core.data): pairs used in both directions (each batch is [src->tgt ; tgt->src], PIDM), horizontal
+Augmentation (train.data): pairs used in both directions (each batch is [src->tgt ; tgt->src], PIDM), horizontal
 flip and a 0-5 % scale-crop with keypoints moved consistently. Bad files are reported and skipped (--strict-data:
 fatal). Checkpoints: pickle-free training state (train/common.py), atomically replaced, `--resume` continues exactly;
 the EMA is exported as `<out>/ema.safetensors` (`repose_core.checkpoint.save_model`, kind "repose_dm"), which the
@@ -40,7 +40,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from repose_core.checkpoint import load_model, save_model  # noqa: E402
-from repose_core.data import (  # noqa: E402
+from train.data import (  # noqa: E402
     LAYOUTS, Augment, PoseTransferDataset, PreloadedPairs, load_records, swap_pair_batch,
 )
 from repose_core.diffusion import GaussianDiffusion, drop_condition, linear_betas  # noqa: E402

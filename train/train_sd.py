@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repose_core bes
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from repose_core.data import HumanSDDataset, load_humansd_records  # noqa: E402
+from train.data import HumanSDDataset, load_humansd_records  # noqa: E402
 from repose_core.errors import InputError, MissingDependencyError, ReposeError  # noqa: E402
 from train.common import (  # noqa: E402
     EMA, EpochBatchSampler, RunLogger, image_grid, prepare_run_dir, resume_training_state, parse_options,

@@ -40,12 +40,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .errors import InputError, PoseFormatError
-from .pose import (
+from repose_core.errors import InputError, PoseFormatError
+from repose_core.pose import (
     Pose, PoseFrame, hflip_pose, read_gfla_pairs, read_gfla_pose, read_humansd_npz, read_patn_annotations,
     read_patn_pairs, render_humansd, render_openpose, render_pidm_pose_map, resize_image, resize_pose, transform_pose,
 )
-from .pose.formats import PATN_HEIGHT, PATN_WIDTH
+from repose_core.pose.formats import PATN_HEIGHT, PATN_WIDTH
 
 log = logging.getLogger("repose")
 
