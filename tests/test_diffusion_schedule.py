@@ -214,3 +214,27 @@ def test_snr_clamp_caps_the_x0_space_weight_of_v_losses():
     assert torch.all(clamped <= plain * (1 + 1e-6)) and torch.equal(clamped[snr < 5], plain[snr < 5])
     with pytest.raises(InputError, match="unknown prediction"):
         d.loss_weight_for("x0", t)
+
+
+def test_lognormal_timesteps_follow_edm_sigma_distribution():
+    """--t-sampling lognormal: σ(t) of the drawn timesteps has the log-mean and log-std asked for (EDM's training
+    distribution), draws stay in 0..T−1, and uniform_fraction keeps the top noise levels in training."""
+    import math
+
+    from repose_core.diffusion import GaussianDiffusion, linear_betas
+
+    d = GaussianDiffusion(linear_betas(1000))
+    g = torch.Generator().manual_seed(0)
+    t = d.sample_timesteps(50000, g, lognormal=(-1.2, 1.2))
+    assert t.dtype == torch.long and 0 <= int(t.min()) and int(t.max()) <= 999
+    abar = torch.from_numpy(d.alphas_cumprod)[t]
+    log_sigma = (((1 - abar) / abar).sqrt()).log()
+    inside = log_sigma[(log_sigma > math.log(0.05)) & (log_sigma < math.log(5.0))]  # away from the table's ends
+    assert abs(float(inside.median()) - (-1.2)) < 0.1
+    assert int((t > 900).sum()) == 0  # what uniform_fraction is for
+    mixed = d.sample_timesteps(50000, g, lognormal=(-1.2, 1.2), uniform_fraction=0.2)
+    assert 0.015 < float((mixed > 900).float().mean()) < 0.025
+    uniform = d.sample_timesteps(50000, g)
+    assert abs(float(uniform.float().mean()) - 499.5) < 10
+    with pytest.raises(InputError, match="P_std"):
+        d.sample_timesteps(4, g, lognormal=(-1.2, 0.0))

@@ -103,6 +103,13 @@ class Options(LoopOptions):
     vb_weight: float = field(default=1.0, metadata={"help": "λ of L_hybrid's VLB term"})
     snr_clamp: float = field(default=0.0, metadata={"help": "v / aligned_x0 models: cap the x̂0-space loss weight "
                                                             "1 + SNR_t at 1 + this (min-SNR-γ; 0 = off)"})
+    t_sampling: str = field(default="uniform", metadata={"help": "training timesteps: uniform (PIDM) | lognormal "
+                                                                 "(EDM: σ ~ exp(N(P_mean, P_std²)), see --t-lognormal)",
+                                                         "choices": ("uniform", "lognormal")})
+    t_lognormal: tuple = field(default=(-1.2, 1.2), metadata={"help": "P_mean P_std of --t-sampling lognormal"})
+    t_uniform_fraction: float = field(default=0.2, metadata={"help": "--t-sampling lognormal: this fraction of the "
+                                                                     "timesteps stays uniform (the highest noise "
+                                                                     "levels, where sampling starts)"})
     rpa_warp_weight: float = field(default=0.0, metadata={"help": "auxiliary RPA warp L1 weight (our addition)"})
     guided_loss: bool = field(default=False, metadata={"help": "gradient-guided ε̃ target (eq. 3/15); on for "
                                                                 "--variant full"})
@@ -205,7 +212,9 @@ def training_loss(step_module, model, diffusion, batch, opts: Options, noise_gen
         src_z, x0 = codec.encode(source), codec.encode(target)                  # (B, C, h, w) diffusion space
         pose_map = model.encode_pose(batch["target_pose_map"].to(device), size=x0.shape[-2:])   # (B, P, h, w)
     B = x0.shape[0]
-    t = torch.randint(0, diffusion.num_timesteps, (B,), generator=noise_gen).to(device)
+    lognormal = opts.t_sampling == "lognormal"
+    t = diffusion.sample_timesteps(B, noise_gen, lognormal=opts.t_lognormal if lognormal else None,
+                                   uniform_fraction=opts.t_uniform_fraction if lognormal else 0.0).to(device)
     noise = torch.randn(x0.shape, generator=noise_gen).to(device)
     x_t = diffusion.q_sample(x0, t, noise)
     keep = ~drop_condition(B, opts.cond_dropout, generator=noise_gen).to(device)   # CFG: ∅ = zero source (PIDM)

@@ -282,6 +282,29 @@ class GaussianDiffusion:
             vb = self.vb_terms_bpd(frozen, x0, x_t, t) * (self.num_timesteps / 1000.0)
         return {"loss": mse + vb_weight * vb, "mse": mse, "vb": vb}
 
+    def sample_timesteps(self, batch: int, generator: torch.Generator | None = None,
+                         lognormal: tuple[float, float] | None = None, uniform_fraction: float = 0.0) -> Tensor:
+        """Training timesteps (batch,) on the CPU: uniform over 0..T−1 (DDPM / PIDM), or, with lognormal = (P_mean,
+        P_std), the timestep whose σ = √((1−ᾱ)/ᾱ) is nearest to σ ~ exp(N(P_mean, P_std²)): EDM's training
+        distribution (Karras et al. 2022, table 1: −1.2, 1.2), which spends the steps on the noise levels where the
+        result is decided instead of on the ~75 % of uniform draws with σ > 1. `uniform_fraction` of the draws stay
+        uniform, so that the highest noise levels (where sampling starts; lognormal(−1.2, 1.2) never reaches t > 900)
+        are still trained."""
+        if lognormal is None:
+            return torch.randint(0, self.num_timesteps, (batch,), generator=generator)
+        p_mean, p_std = (float(v) for v in lognormal)
+        if not p_std > 0:
+            raise InputError(f"lognormal timestep sampling needs P_std > 0, got {p_std}")
+        sigma = torch.exp(p_mean + p_std * torch.randn(batch, generator=generator, dtype=torch.float64))
+        table = torch.from_numpy(np.sqrt((1.0 - self.alphas_cumprod) / self.alphas_cumprod))  # increasing in t
+        hi = torch.searchsorted(table, sigma).clamp(1, self.num_timesteps - 1)
+        nearer_low = (sigma - table[hi - 1]).abs() <= (table[hi] - sigma).abs()
+        t = torch.where(nearer_low, hi - 1, hi).long()
+        if uniform_fraction > 0:
+            uniform = torch.rand(batch, generator=generator) < uniform_fraction
+            t = torch.where(uniform, torch.randint(0, self.num_timesteps, (batch,), generator=generator), t)
+        return t
+
     def loss_weight_for(self, prediction: str, t: Tensor, snr_clamp: float = 0.0,
                         sigma_data: float = 0.2) -> Tensor | None:
         """Per-sample weight of the ε-MSE for a model that predicts `prediction`: None for "eps" (PIDM's equal
