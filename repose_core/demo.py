@@ -162,7 +162,7 @@ def contact_sheet(rows: list[list[np.ndarray]], columns: list[str], scale: int =
         for c, tile in enumerate(row):
             img = Image.fromarray(to_uint8(tile))
             if img.size != (W, H):  # small tiles are magnified pixel-exact; display-size tiles pass as they are
-                img = img.resize((W, H), Image.NEAREST if img.size[0] < W else Image.BILINEAR)
+                img = img.resize((W, H), Image.Resampling.NEAREST if img.size[0] < W else Image.Resampling.BILINEAR)
             sheet.paste(img, (gap + c * (W + gap), header + gap + r * (H + gap)))
     return sheet
 

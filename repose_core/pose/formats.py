@@ -133,7 +133,7 @@ def _body_from_flat(flat, *, file, line=None, field) -> tuple[np.ndarray, str]:
 
 
 def _extras_from_person(person: dict, *, file, field) -> dict:
-    extras = {}
+    extras: dict[str, list[float] | None] = {}
     for key in EXTRA_KEYS:
         if key not in person:
             continue
@@ -236,8 +236,8 @@ def _frame_from_dict(d, *, file, field, width=None, height=None, normalized=None
 
     if width is None or height is None:
         # OpenPose JSON without a canvas: the smallest canvas holding every point (documented, logged).
-        pts = [kp[kp[:, 2] > 0, :2] for kp in kps]
-        pts = np.concatenate(pts) if pts else np.zeros((0, 2))
+        confident = [kp[kp[:, 2] > 0, :2] for kp in kps]
+        pts = np.concatenate(confident) if confident else np.zeros((0, 2))
         if len(pts):
             width = width or int(math.ceil(max(pts[:, 0].max(), 0))) + 1
             height = height or int(math.ceil(max(pts[:, 1].max(), 0))) + 1
@@ -571,7 +571,7 @@ def read_gfla_pose(path, height: int = PATN_HEIGHT, width: int = PATN_WIDTH) -> 
     """GFLA/PIDM `pose/....txt` (18 lines "x y", 256x256 padded frame, -1 = missing) -> Pose on a width x height
     canvas: x = (x_file - 40) * width / 176, y = y_file * height / 256 (PIDM data/fashion_data.py)."""
     path = str(path)
-    rows = []
+    rows: list[list[float]] = []
     for n, line in _data_lines(_read_text(path)):
         if line.startswith("#"):
             continue
@@ -629,7 +629,7 @@ def _numpy_globals() -> dict[tuple[str, str], object]:
     try:
         import numpy._core.multiarray as ma  # numpy >= 2
     except ImportError:  # pragma: no cover - numpy 1.x
-        import numpy.core.multiarray as ma
+        import numpy.core.multiarray as ma  # type: ignore[no-redef]  # the same module under its numpy 1.x name
     import codecs
 
     allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
@@ -709,8 +709,8 @@ def read_humansd_npz(path, width: int | None = None, height: int | None = None) 
             people.append(_coco17_array(kp, file=path, field=f"arr_0[{i}]"))
 
     if width is None or height is None:
-        pts = [kp[kp[:, 2] > 0, :2] for kp in people]
-        pts = np.concatenate(pts) if pts else np.zeros((0, 2))
+        confident = [kp[kp[:, 2] > 0, :2] for kp in people]
+        pts = np.concatenate(confident) if confident else np.zeros((0, 2))
         width = width or (int(math.ceil(max(pts[:, 0].max(), 0))) + 1 if len(pts) else 0)
         height = height or (int(math.ceil(max(pts[:, 1].max(), 0))) + 1 if len(pts) else 0)
         log.warning("%s: no canvas size in the file and none given; using %dx%d inferred from the keypoints. "

@@ -34,7 +34,7 @@ def _scale_pair(scale):
 
 def transform_extras(extras: dict, sx: float, sy: float, ox: float = 0.0, oy: float = 0.0) -> dict:
     """Apply x -> sx * x + ox, y -> sy * y + oy to the confident points of pass-through arrays."""
-    out = {}
+    out: dict[str, list[float] | None] = {}
     for key, values in extras.items():
         if values is None:
             out[key] = None

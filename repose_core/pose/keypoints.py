@@ -106,7 +106,7 @@ class Pose:
                                                                         other.extras) \
             and self.keypoints.shape == other.keypoints.shape and bool(np.array_equal(self.keypoints, other.keypoints))
 
-    __hash__ = None  # mutable
+    __hash__ = None  # type: ignore[assignment]  # mutable: unhashable (object types __hash__ as a method)
 
     @property
     def num_joints(self) -> int:

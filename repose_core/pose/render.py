@@ -295,6 +295,7 @@ def render_pidm_pose_map(pose, H: int, W: int, *, return_empty_flag: bool = Fals
     if rgb_only:
         out = rgb.astype(np.float32)
         return (out, empty) if return_empty_flag else out
+    assert masks is not None                        # made whenever not rgb_only
     dist = l1_distance_transform(masks)             # (17, H, W)
     dist = np.floor(np.minimum(dist / 3.0, 255.0)) / 255.0   # uint8 truncation as in PIDM
     out = np.concatenate([rgb, dist.transpose(1, 2, 0)], axis=-1).astype(np.float32)  # (H, W, 20)

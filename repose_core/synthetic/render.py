@@ -13,6 +13,7 @@ v across it, in body units), so garments move and deform with the limbs.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -275,7 +276,7 @@ def _plan(identity: Identity, kp: np.ndarray, f: BodyFrame, canvas: _Canvas) -> 
     far = None
     if f.near is not None and f.cos_yaw < _FAR_YAW_COS:
         far = "left" if f.near == "right" else "right"
-    plan = []
+    plan: list[tuple[float, int, Callable[[], object]]] = []
 
     def add(depth, draw):
         plan.append((depth, len(plan), draw))

@@ -73,6 +73,7 @@ def render_background(bg: Background, H: int, W: int, ys: np.ndarray | None = No
     a = np.asarray(bg.color_a, np.float32)
     b = np.asarray(bg.color_b, np.float32)
     shape = (yn.shape[0], xn.shape[1])
+    w: np.ndarray
     if bg.kind == "plain":
         w = np.zeros(shape, np.float32)
     elif bg.kind == "gradient":
