@@ -3,6 +3,8 @@ backend, with the steps every HigherHRNet-style network shares: ImageNet normali
 network's size multiple, the multi-resolution heatmap aggregation and the crop back to the input's grid."""
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -12,6 +14,16 @@ from ..pose.keypoints import COCO17
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class HeatmapConfig(Protocol):
+    """What ``aggregate`` reads from a HigherHRNet-style subclass's ``config``."""
+
+    @property
+    def num_joints(self) -> int: ...
+
+    @property
+    def udp(self) -> bool: ...
 
 
 class PoseEstimator(nn.Module):
@@ -31,6 +43,7 @@ class PoseEstimator(nn.Module):
 
     joints: tuple[str, ...] = COCO17
     size_multiple: int = 32  # stride of the lowest-resolution branch: network input sides are multiples of it
+    config: HeatmapConfig  # set by HigherHRNet-style subclasses (see above); other backends do not have one
 
     def freeze(self) -> "PoseEstimator":
         for p in self.parameters():

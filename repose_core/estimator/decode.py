@@ -105,8 +105,8 @@ def decode_single(heatmaps: Tensor, image_size: tuple[int, int] | None = None, *
     method = _resolve_refine(refine, udp)
     out = np.zeros((b, j, 3), np.float32)
     for i in range(b):
-        vals, idx = hm[i].detach().reshape(j, -1).max(dim=1)
-        idx = idx.cpu().numpy()
+        vals, peak = hm[i].detach().reshape(j, -1).max(dim=1)
+        idx = peak.cpu().numpy()
         pts = np.stack([np.arange(j), idx % w, idx // w], axis=1)
         xy = refine_peaks(hm[i], pts, method)
         out[i, :, 0] = heatmap_to_image(xy[:, 0], w, W, udp)
@@ -139,8 +139,8 @@ def group_by_tags(heatmaps: Tensor, tags: Tensor, *, threshold: float = 0.1, tag
     k = nms_kernel
     is_peak = hm == F.max_pool2d(hm[None], k, 1, k // 2)[0]
     scores = torch.where(is_peak, hm, torch.full_like(hm, -float("inf"))).reshape(j, -1)
-    top_v, top_i = scores.topk(min(max_people, h * w), dim=1)
-    top_v, top_i = top_v.cpu().numpy(), top_i.cpu().numpy()
+    top_vt, top_it = scores.topk(min(max_people, h * w), dim=1)
+    top_v, top_i = top_vt.cpu().numpy(), top_it.cpu().numpy()
     tag_np = tags.detach().float().cpu().numpy()
 
     people: list[dict] = []  # each: pts (J,3) ints+val as (x, y, val), set mask, tag sum, count
@@ -256,8 +256,8 @@ def estimate_poses(estimator, img01: Tensor, threshold: float = 0.1, *, multi_pe
 
 def _single_in_heatmap_coords(hm: Tensor, method: str) -> np.ndarray:
     j, h, w = hm.shape
-    vals, idx = hm.detach().reshape(j, -1).max(dim=1)
-    idx = idx.cpu().numpy()
+    vals, peak = hm.detach().reshape(j, -1).max(dim=1)
+    idx = peak.cpu().numpy()
     xy = refine_peaks(hm, np.stack([np.arange(j), idx % w, idx // w], 1), method)
     return np.concatenate([xy, vals.float().cpu().numpy()[:, None]], 1).astype(np.float32)
 

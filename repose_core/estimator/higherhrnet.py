@@ -11,6 +11,7 @@ energy compares estimator heatmaps / features of the predicted x̂0 with those o
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -164,7 +165,7 @@ class HRModule(nn.Module):
                     row.append(nn.Sequential(nn.Conv2d(ch[j], ch[i], 1, bias=False), _bn(ch[i]),
                                              nn.Upsample(scale_factor=2 ** (j - i), mode="nearest")))
                 elif j == i:
-                    row.append(None)
+                    row.append(None)  # type: ignore[arg-type]  # placeholder keeps row[j] indexed by branch
                 else:
                     steps = []
                     for k in range(i - j):
@@ -182,6 +183,7 @@ class HRModule(nn.Module):
             return xs
         fused = []
         for i, row in enumerate(self.fuse_layers):
+            row = cast(nn.ModuleList, row)  # each row is a ModuleList (_make_fuse_layers)
             y = xs[0] if i == 0 else row[0](xs[0])
             for j in range(1, self.num_branches):
                 y = y + (xs[j] if i == j else row[j](xs[j]))
@@ -198,7 +200,7 @@ def _make_transition(pre: tuple[int, ...], cur: tuple[int, ...]) -> nn.ModuleLis
             if c != pre[i]:
                 layers.append(nn.Sequential(_conv3x3(pre[i], c), _bn(c), nn.ReLU(inplace=False)))
             else:
-                layers.append(None)
+                layers.append(None)  # type: ignore[arg-type]  # the branch keeps its tensor; keeps layers[i] aligned
         else:
             steps = []
             for k in range(i + 1 - len(pre)):

@@ -21,6 +21,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -198,7 +199,8 @@ def build_estimator(state_dict_or_path, *, config: HigherHRNetConfig | None = No
     with torch.inference_mode(False):
         if isinstance(state_dict_or_path, (str, os.PathLike)):
             if _other_builder(state_dict_or_path) is not None:  # our file of another architecture ("small_hrnet")
-                return load_model(state_dict_or_path, expected_kind=KIND, device=device, dtype=dtype).freeze()
+                model = load_model(state_dict_or_path, expected_kind=KIND, device=device, dtype=dtype)
+                return cast(PoseEstimator, model).freeze()  # KIND files are built by PoseEstimator builders
             raw, info = read_checkpoint(state_dict_or_path)
         elif isinstance(state_dict_or_path, Mapping):
             raw, info = dict(state_dict_or_path), {"source": "<state dict>"}
@@ -216,12 +218,12 @@ def build_estimator(state_dict_or_path, *, config: HigherHRNetConfig | None = No
         sd = {k: _own_copy(v, dtype) for k, v in sd.items()}
         # Build on the meta device (no random init of ~30-60M weights), check, then adopt the loaded tensors.
         with torch.device("meta"):
-            model = HigherHRNet(config)
-        check_state_dict(model, sd, source=source)
-        model.load_state_dict(sd, strict=True, assign=True)
-        model = model.to(device=device, dtype=dtype).freeze()
+            hrnet = HigherHRNet(config)
+        check_state_dict(hrnet, sd, source=source)
+        hrnet.load_state_dict(sd, strict=True, assign=True)
+        estimator = hrnet.to(device=device, dtype=dtype).freeze()
     log.info("loaded HigherHRNet-W%d (udp=%s) from %s", config.width, config.udp, source)
-    return model
+    return estimator
 
 
 def _own_copy(v: Tensor, dtype: torch.dtype) -> Tensor:

@@ -11,6 +11,7 @@ heatmaps = the head's heatmaps (all resolutions averaged, HigherHRNet style), re
 from __future__ import annotations
 
 import os
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,10 @@ def require_mmpose():
 class MMPoseEstimator(PoseEstimator):
     """Wrap an already-built mmpose model. ``mean``/``std`` are for RGB in [0, 1]."""
 
+    model: Any  # a foreign mmpose model: backbone / neck / head are looked up by name
+    mean: Tensor  # buffers (registered in __init__)
+    std: Tensor
+
     def __init__(self, model: nn.Module, *, num_joints: int = 17, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                  align_corners: bool = False):
         super().__init__()
@@ -51,7 +56,7 @@ class MMPoseEstimator(PoseEstimator):
         self.freeze()
 
     def _head(self) -> nn.Module:
-        return _head_of(self.model)
+        return cast(nn.Module, _head_of(self.model))  # not None: __init__ refuses a model without a head
 
     def normalise(self, img01: Tensor) -> Tensor:
         return (img01 - self.mean.to(img01)) / self.std.to(img01)

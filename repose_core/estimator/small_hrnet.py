@@ -80,7 +80,7 @@ class SmallHRNet(PoseEstimator):
     training scripts switch it with `trainable()`."""
 
     checkpoint_builder = BUILDER
-    joints = COCO17
+    joints: tuple[str, ...] = COCO17
     size_multiple = SIZE_MULTIPLE
 
     def __init__(self, config: SmallHRNetConfig = SmallHRNetConfig()):
