@@ -93,7 +93,7 @@ def keypoint_energy(estimator, pred01: Tensor, target_heatmaps: Tensor | Keypoin
     if isinstance(target_heatmaps, KeypointTarget):
         if joint_weights is None:
             joint_weights = target_heatmaps.joint_weights(B)
-        target_heatmaps = target_heatmaps.heatmaps(B, h, w, tuple(pred01.shape[-2:]), heatmaps.device,
+        target_heatmaps = target_heatmaps.heatmaps(B, h, w, (pred01.shape[-2], pred01.shape[-1]), heatmaps.device,
                                                    heatmaps.dtype)
     if target_heatmaps.ndim != 4 or tuple(target_heatmaps.shape[1:]) != (J, h, w):
         raise InputError(f"target heatmaps {tuple(target_heatmaps.shape)} must be (B, {J}, {h}, {w}) to match the "

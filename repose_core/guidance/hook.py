@@ -172,7 +172,8 @@ class PoseGuidance:
                 img = img.to(p.dtype)
         return img
 
-    def _reference_features(self, size: tuple[int, int]) -> Tensor:
+    def _reference_features(self, size: tuple[int, ...]) -> Tensor:
+        assert self.estimator is not None and self.reference is not None  # energy "feature": both set in __init__
         p = next(self.estimator.parameters(), None)
         key = (tuple(size), None if p is None else (p.device, p.dtype))
         if key not in self._ref_cache:
@@ -192,6 +193,7 @@ class PoseGuidance:
         if self.energy_kind == "feature":
             return feature_energy(self.estimator, pred01, threshold=self.threshold, reduction=self.reduction,
                                   ref_features=self._reference_features(pred01.shape[-2:]))
+        assert self.keypoint_target is not None  # energy "keypoint": made in __init__
         return keypoint_energy(self.estimator, pred01, self.keypoint_target, threshold=self.threshold,
                                reduction=self.reduction)
 

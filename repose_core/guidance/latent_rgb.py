@@ -21,6 +21,9 @@ class LatentRGBApprox(Codec):
     decode: rgb = bilinear_upsample(Σ_c z_c · factors[c] + bias). encode (for completeness): least-squares inverse
     on the `factor`-average-pooled image; decode(encode(x)) is a blurred x."""
 
+    factors: Tensor  # buffers (registered in __init__)
+    bias: Tensor
+
     def __init__(self, factors, bias=None, factor: int = 8):
         super().__init__()
         factors = torch.as_tensor(factors, dtype=torch.float32)
