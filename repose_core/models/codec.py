@@ -13,6 +13,7 @@ baseline B1, runs in pixel space. Three codecs cover both:
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -113,6 +114,8 @@ class DiffusersVAECodec(Codec):
     `scaling_factor`; decode divides by it and runs the VAE decoder with autograd enabled, so pose guidance can
     differentiate through it. The VAE is frozen (requires_grad False) but its graph is kept.
     """
+
+    vae: Any  # a diffusers AutoencoderKL (optional dependency): encode / decode return diffusers' output objects
 
     def __init__(self, vae: nn.Module, scaling_factor: float = SD_VAE_SCALING_FACTOR):
         super().__init__()

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 import torch.nn.functional as F
@@ -476,6 +476,7 @@ class PoseAggregator(nn.Module):
         self.pool = nn.MaxPool2d(3, stride=1, padding=1)
         self.conv2 = nn.Conv2d(depth, 2, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)
+        assert self.conv2.bias is not None  # Conv2d's default bias=True
         nn.init.zeros_(self.conv2.bias)
 
     def forward(self, corr: Tensor) -> Tensor:
@@ -605,4 +606,4 @@ def rpa_warp_loss(outputs: RPAOutput, target: Tensor, gamma: float = 0.8) -> Ten
         )
     weights = [gamma ** (n - 1 - i) for i in range(n)]
     total = sum(w * (warped - target).abs().mean() for w, warped in zip(weights, outputs.warped))
-    return total / sum(weights)
+    return cast(Tensor, total / sum(weights))  # n >= 1 terms: a tensor, not sum()'s start value 0

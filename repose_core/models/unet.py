@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -109,7 +109,7 @@ class UNetConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(f"unknown UNetConfig field(s) {unknown}; accepted fields: {sorted(known)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
 
 
@@ -120,7 +120,7 @@ def pidm_deepfashion256_config(**overrides) -> UNetConfig:
 
 def pidm_small_config(**overrides) -> UNetConfig:
     """The reduced config of the PIDM reference fixture (2,940,966 parameters); handy for tests."""
-    base = dict(image_size=64, model_channels=32, channel_mult=(1, 1, 2, 2), attention_resolutions=(16, 8),
+    base: dict[str, Any] = dict(image_size=64, model_channels=32, channel_mult=(1, 1, 2, 2), attention_resolutions=(16, 8),
                 embed_channels=128, dropout=0.0)
     base.update(overrides)
     return UNetConfig(**base)
@@ -319,12 +319,14 @@ def _build_input_path(cfg: UNetConfig, in_channels: int, attention: bool) -> tup
             if attention and resolution in cfg.attention_resolutions and i == cfg.num_res_blocks - 1:
                 layers.append(CrossAttentionBlock(ch, _heads(cfg, ch), cfg.resnet_use_zero_module))
             blocks.append(UNetBlock(layers))
-            chans.append(ch), strides.append(2**level)
+            chans.append(ch)
+            strides.append(2**level)
         if level != len(cfg.channel_mult) - 1:
             down = (ResBlock(ch, cfg.embed_channels, cfg.dropout, ch, down=True, **res_kwargs)
                     if cfg.resblock_updown else Downsample(ch, cfg.conv_resample))
             blocks.append(UNetBlock([down]))
-            chans.append(ch), strides.append(2 ** (level + 1))
+            chans.append(ch)
+            strides.append(2 ** (level + 1))
     return blocks, chans, strides
 
 
@@ -433,7 +435,8 @@ class PIDMNet(nn.Module):
                                     ("output_blocks", self.output_blocks, self._output_cond)):
             for k, (block, i) in enumerate(zip(blocks, idx)):
                 if i is not None:
-                    pos = next(j for j, layer in enumerate(block) if isinstance(layer, CrossAttentionBlock))
+                    pos = next(j for j, layer in enumerate(cast(UNetBlock, block))
+                               if isinstance(layer, CrossAttentionBlock))
                     out.append((f"{prefix}.{k}.{pos}", i))
             if prefix == "input_blocks":
                 out.append(("middle_block.1", len(self.input_blocks) - 1))
@@ -452,12 +455,13 @@ class PIDMNet(nn.Module):
 
     def embed_time(self, t: Tensor, batch: int) -> Tensor:
         """t: scalar or (B,) raw step indices (int or float) -> (B, embed_channels)."""
-        t = torch.as_tensor(t, device=self.out[2].weight.device)
+        conv = cast(nn.Conv2d, self.out[2])  # the output conv: its weight tells the device and dtype
+        t = torch.as_tensor(t, device=conv.weight.device)
         if t.ndim == 0:
             t = t.expand(batch)
         if t.shape != (batch,):
             raise InputError(f"timestep t has shape {tuple(t.shape)}; expected a scalar or ({batch},)")
-        emb = timestep_embedding(t, self.config.model_channels).to(self.out[2].weight.dtype)
+        emb = timestep_embedding(t, self.config.model_channels).to(conv.weight.dtype)
         return self.time_embed(emb)
 
     def encode(self, src: Tensor) -> list[Tensor]:
@@ -470,7 +474,8 @@ class PIDMNet(nn.Module):
             raise InputError(f"source for the texture encoder has shape {tuple(src.shape)}; expected "
                              f"(B, {self.config.encoder_in_channels}, H, W)")
         self._check_spatial(src, "source")
-        h = src.to(self.encoder.input_blocks[0][0].weight.dtype)
+        stem = cast(UNetBlock, self.encoder.input_blocks[0])  # [Conv2d]
+        h = src.to(cast(nn.Conv2d, stem[0]).weight.dtype)
         feats = []
         for block in self.encoder.input_blocks:
             h = self._run(block, h)
@@ -535,7 +540,7 @@ class PIDMNet(nn.Module):
 
     # -- helpers -------------------------------------------------------------------------------------------------
 
-    def _run(self, block: UNetBlock, h: Tensor, emb=None, cond=None, lateral=None) -> Tensor:
+    def _run(self, block: nn.Module, h: Tensor, emb=None, cond=None, lateral=None) -> Tensor:
         if self.config.use_checkpoint and self.training and torch.is_grad_enabled():
             return activation_checkpoint(block, h, emb, cond, lateral, use_reentrant=False)
         return block(h, emb, cond, lateral)
