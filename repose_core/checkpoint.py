@@ -124,7 +124,7 @@ def _config_dict(model: nn.Module) -> dict:
     without diffusers' private "_" entries."""
     config = getattr(model, "config", None)
     if config is not None and dataclasses.is_dataclass(config):
-        return dataclasses.asdict(config)
+        return dataclasses.asdict(config)  # type: ignore[arg-type]  # an instance (a dataclass type would raise)
     if isinstance(config, Mapping):
         public = {k: v for k, v in config.items() if not str(k).startswith("_")}
         return json.loads(json.dumps(public, default=_json_default))
@@ -495,8 +495,8 @@ def _make_pickle_module(allow_unknown: str) -> types.ModuleType:
         return unpickler(file, **kwargs).load()
 
     module = types.ModuleType("repose_restricted_pickle")
-    module.Unpickler = unpickler
-    module.load = load
+    module.Unpickler = unpickler  # type: ignore[attr-defined]  # a module made at run time
+    module.load = load  # type: ignore[attr-defined]
     module.__name__ = "repose_restricted_pickle"
     return module
 
