@@ -262,7 +262,7 @@ def make_eps_fn(
         passes.record_timing(x_t)
         return eps
 
-    eps_fn.passes = passes  # for benchmarks / inspection
+    eps_fn.passes = passes  # type: ignore[attr-defined]  # a function attribute, for benchmarks / inspection
     return eps_fn
 
 

@@ -18,6 +18,7 @@ multiply, so float32/float16 inputs keep their dtype while the schedule itself n
 from __future__ import annotations
 
 import math
+from typing import overload
 
 import numpy as np
 import torch
@@ -131,7 +132,7 @@ class GaussianDiffusion:
             self._device_tables[key] = torch.from_numpy(getattr(self, name)).to(device)
         return self._device_tables[key]
 
-    def _check_t(self, t: Tensor, x: Tensor) -> Tensor:
+    def _check_t(self, t: Tensor | int, x: Tensor) -> Tensor:
         if not isinstance(t, Tensor):
             t = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
         if t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex:
@@ -166,12 +167,19 @@ class GaussianDiffusion:
             raise InputError(f"q_sample: noise shape {tuple(noise.shape)} must equal x0 shape {tuple(x0.shape)}")
         return self._gather("sqrt_alphas_cumprod", t, x0) * x0 + self._gather("sqrt_one_minus_alphas_cumprod", t, x0) * noise
 
-    def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    @overload
+    def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]: ...
+
+    @overload
+    def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: int) -> tuple[Tensor, float, float]: ...
+
+    def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor,
+                                  t: Tensor | int) -> tuple[Tensor, Tensor | float, Tensor | float]:
         """Mean, variance β̃_t and clipped log-variance of q(x_{t-1} | x_t, x0)."""
         mean = self._gather("posterior_mean_coef1", t, x_t) * x0 + self._gather("posterior_mean_coef2", t, x_t) * x_t
         return mean, self._gather("posterior_variance", t, x_t), self._gather("posterior_log_variance_clipped", t, x_t)
 
-    def predict_x0_from_eps(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+    def predict_x0_from_eps(self, x_t: Tensor, t: Tensor | int, eps: Tensor) -> Tensor:
         """Tweedie estimate x̂0 = (x_t - √(1-ᾱ_t) ε) / √ᾱ_t  (paper eq. 13 with Δy = 0)."""
         return self._gather("sqrt_recip_alphas_cumprod", t, x_t) * x_t - self._gather("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
 
@@ -196,7 +204,7 @@ class GaussianDiffusion:
             f"model output has {model_out.shape[1]} channels; expected {C} (ε only) or {2 * C} (ε and learned variance v)"
         )
 
-    def p_mean_variance(self, model_out: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = False) -> dict:
+    def p_mean_variance(self, model_out: Tensor, x_t: Tensor, t: Tensor | int, clip_denoised: bool = False) -> dict:
         """Mean and variance of p_θ(x_{t-1} | x_t) for an ε-prediction model.
 
         Learned range (improved DDPM eq. 15): with v ∈ [-1, 1] from the last C channels,
@@ -264,7 +272,7 @@ class GaussianDiffusion:
         """
         if mse_target is not None and eps_target is not None:
             raise InputError("training_losses: pass either mse_target or eps_target (an alias), not both")
-        target = noise if mse_target is None and eps_target is None else (mse_target if mse_target is not None else eps_target)
+        target = mse_target if mse_target is not None else eps_target if eps_target is not None else noise
         for name, value in (("x0", x0), ("noise", noise), ("mse target", target)):
             if value.shape != x_t.shape:
                 raise InputError(f"training_losses: {name} shape {tuple(value.shape)} must equal x_t shape {tuple(x_t.shape)}")
