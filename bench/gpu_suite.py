@@ -233,7 +233,7 @@ def section_sampling(plan: Plan, record) -> None:
 
 def section_cfg(plan: Plan, record) -> None:
     """Batched CFG (one forward of 2B) against two forwards of B, at the same inputs."""
-    from repose_core.diffusion.guidance_cfg import batch_conditions
+    from repose_core.diffusion.classifier_free import batch_conditions
     device = plan.device
     for dtype_name in plan.cfg_dtypes:
         dtype = getattr(torch, dtype_name)

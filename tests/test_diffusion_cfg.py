@@ -160,7 +160,7 @@ def test_conditions_are_concatenated_once_per_pair_not_per_step():
 
 
 def test_auto_batching_measures_both_then_keeps_the_faster(monkeypatch):
-    import repose_core.diffusion.guidance_cfg as G
+    import repose_core.diffusion.classifier_free as G
     monkeypatch.setattr(G, "_AUTO_CHOICE", {})
     clock = [0.0]  # a fake clock: the test does not depend on this machine's timing
     monkeypatch.setattr(G, "time", SimpleNamespace(perf_counter=lambda: clock[0]))

@@ -2,7 +2,7 @@
 
 The same frozen object is a field of the model config (`RePoseConfig.guidance`, saved in every model file), what the
 pipeline's `guidance=` dict overrides, what the PoseGradientGuidance node's widgets default to, and what
-`PoseGuidance` reads. Not to be confused with classifier-free guidance (`diffusion/guidance_cfg.py`, the CFG scale
+`PoseGuidance` reads. Not to be confused with classifier-free guidance (`diffusion/classifier_free.py`, the CFG scale
 w_c of eq. 16), which is a sampling setting of the denoiser, not of the pose estimator.
 """
 from __future__ import annotations
