@@ -305,11 +305,11 @@ class PoseTransferPipeline:
         Hm, Wm = self.size
         # 2. conditioning
         with torch.no_grad():
-            src = torch.from_numpy(np.stack(canvas_imgs)).permute(0, 3, 1, 2).to(device=device, dtype=dtype)
-            z_src = self.codec.encode(src * 2 - 1)  # (B, C, h, w)
+            src_img = torch.from_numpy(np.stack(canvas_imgs)).permute(0, 3, 1, 2).to(device=device, dtype=dtype)
+            z_src = self.codec.encode(src_img * 2 - 1)  # (B, C, h, w)
             pose_px = torch.from_numpy(np.stack([render_pidm_pose_map(p, Hm, Wm) for p in canvas_poses]))
             pose_map = self.model.encode_pose(pose_px.permute(0, 3, 1, 2).to(device=device, dtype=dtype),
-                                              size=tuple(z_src.shape[-2:]))
+                                              size=(z_src.shape[-2], z_src.shape[-1]))
             cond = self.model.prepare(z_src, pose_map, progress=tick if n_rpa else None)
             null = self.model.null_cond(cond)
             warped = [self._to_numpy01(self.codec.decode(w)) for w in cond.warped]
@@ -384,7 +384,7 @@ class PoseTransferPipeline:
                 raise InputError("feature guidance (eq. 11) needs guidance['reference']: an image of the target "
                                  "person in the target pose; use energy='keypoint' otherwise")
             ref = np.stack([resize_image(r, *self.size) for r in self._as_batch(reference)])
-            target = torch.from_numpy(ref).permute(0, 3, 1, 2).to(self._device())
+            target: Tensor | list[PoseFrame] = torch.from_numpy(ref).permute(0, 3, 1, 2).to(self._device())
         else:
             Hm, Wm = self.size
             target = [PoseFrame([to_layout(p, "coco17")], Wm, Hm) for p in canvas_poses]

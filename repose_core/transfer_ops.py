@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,7 +108,7 @@ def align(model: RePoseDM, source: Tensor, pose: Tensor, iterations: int | None 
     """Encode source (B, 3, H, W) in [-1, 1] and pixel-resolution pose (B, P, H, W), run `prepare` (RPA for b2/full)
     with decoded previews. Sizes must already be paired (see `pair_batches`)."""
     source_z = model.encode_source(source)
-    pose_map = model.encode_pose(pose.to(source.dtype), size=tuple(source_z.shape[-2:]))
+    pose_map = model.encode_pose(pose.to(source.dtype), size=(source_z.shape[-2], source_z.shape[-1]))
     cond = model.prepare(source_z, pose_map, progress=progress, decode_previews=model.rpa is not None,
                          iterations=_checked_iterations(iterations))
     null = model.null_cond(cond)
@@ -132,7 +133,7 @@ def sample(model: RePoseDM, diffusion, pose_map: Tensor, cond: AppearanceCond, n
     shape = (B, model.config.diffusion_channels, *pose_map.shape[-2:])
     x_T = torch.randn(shape, generator=generator, device=generator.device if generator is not None else "cpu")
     x_T = x_T.to(device=pose_map.device, dtype=pose_map.dtype)
-    start = {}
+    start: dict[str, Any] = {}
     if aligned_start is not None:
         if warped is None:
             raise InputError("aligned_start needs a model with Recurrent Pose Alignment (b2 / full); this model is b1 "

@@ -185,7 +185,8 @@ def _rpa_from_dict(data: dict) -> RPAConfig:
     unknown = sorted(set(data) - known)
     if unknown:
         raise InputError(f"unknown RPAConfig field(s) {unknown}; accepted fields: {sorted(known)}")
-    return RPAConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return RPAConfig(**values)
 
 
 # ---------------------------------------------------------------------------------------------------------------

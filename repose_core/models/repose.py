@@ -58,7 +58,8 @@ class AppearanceCond:
 
     def _map(self, fn: Callable[[Tensor], Tensor]) -> "AppearanceCond":
         opt = lambda x: None if x is None else fn(x)  # noqa: E731
-        return AppearanceCond([opt(f) for f in self.features], opt(self.flow), [fn(w) for w in self.warped],
+        return AppearanceCond([opt(f) for f in self.features],  # type: ignore[misc]  # None entries stay None
+                              opt(self.flow), [fn(w) for w in self.warped],
                               [fn(p) for p in self.previews], opt(self.aligned_source))
 
     def features_only(self) -> "AppearanceCond":
@@ -98,7 +99,8 @@ class RePoseDM(nn.Module):
         if net is not None and net.config != config.unet:
             raise InputError("RePoseDM(net=...): the network's UNetConfig differs from config.unet")
         self.net = net if net is not None else PIDMNet(config.unet)
-        self.rpa = RecurrentPoseAlignment(config.rpa) if config.variant != "b1" else None
+        # config.rpa is set for every variant but b1 (RePoseConfig checks it)
+        self.rpa = RecurrentPoseAlignment(config.rpa) if config.variant != "b1" else None  # type: ignore[arg-type]
         self.set_codec(codec)
 
     # -- construction helpers ---------------------------------------------------------------------------------------
@@ -226,9 +228,11 @@ class RePoseDM(nn.Module):
         if self.config.prediction == "v":
             out = torch.cat([self.eps_from_v(x_t, t, out[:, :C]), out[:, C:]], dim=1)
         elif self.config.prediction == "aligned_x0":
+            assert cond.aligned_source is not None  # aligned predictions need aligned_source_input: checked above
             x0 = cond.aligned_source.float() + out[:, :C].float()
             out = torch.cat([self.eps_from_x0(x_t, t, x0).to(out.dtype), out[:, C:]], dim=1)
         elif self.config.prediction == "aligned_residual":
+            assert cond.aligned_source is not None  # as for "aligned_x0"
             eps = self.eps_from_residual(x_t, t, cond.aligned_source, out[:, :C])
             out = torch.cat([eps.to(out.dtype), out[:, C:]], dim=1)
         return out

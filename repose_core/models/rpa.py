@@ -133,7 +133,7 @@ def compose_flows(flow: Tensor, delta: Tensor) -> Tensor:
     return delta + warp(flow, delta, padding_mode="border")
 
 
-def resize_flow(flow: Tensor, size: tuple[int, int]) -> Tensor:
+def resize_flow(flow: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
     """Bilinear resize of a flow field to `size` = (H, W), scaling the x/y values by the width/height ratios."""
     h, w = flow.shape[-2:]
     H, W = size
