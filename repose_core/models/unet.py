@@ -120,8 +120,8 @@ def pidm_deepfashion256_config(**overrides) -> UNetConfig:
 
 def pidm_small_config(**overrides) -> UNetConfig:
     """The reduced config of the PIDM reference fixture (2,940,966 parameters); handy for tests."""
-    base: dict[str, Any] = dict(image_size=64, model_channels=32, channel_mult=(1, 1, 2, 2), attention_resolutions=(16, 8),
-                embed_channels=128, dropout=0.0)
+    base: dict[str, Any] = dict(image_size=64, model_channels=32, channel_mult=(1, 1, 2, 2),
+                                attention_resolutions=(16, 8), embed_channels=128, dropout=0.0)
     base.update(overrides)
     return UNetConfig(**base)
 
