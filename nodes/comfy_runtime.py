@@ -369,9 +369,21 @@ def noise_for(latent: Tensor, seed: int) -> Tensor:
     return comfy.sample.prepare_noise(latent, seed)
 
 
-def ksampler_sigmas(model_sampling, sampler_name: str, scheduler: str, steps: int, denoise: float = 1.0) -> Tensor:
+def ksampler_sigmas(model_sampling, sampler_name: str, scheduler: str, steps: int, denoise: float = 1.0,
+                    final_timestep: int = 0) -> Tensor:
     """σ schedule exactly as ComfyUI's KSampler computes it (incl. denoise < 1 and the samplers that drop the
-    penultimate σ)."""
+    penultimate σ). final_timestep > 0 (RePoseConfig.final_timestep): the `steps` steps end at that timestep's σ, whose
+    x̂0 is the result (the step to σ = 0 returns it), like the core's DDIM."""
+    if final_timestep:
+        final = float(model_sampling.sigmas[int(final_timestep)])
+        n = steps
+        while True:  # a longer schedule, cut where it passes `final`, until `steps` steps remain above it
+            above = ksampler_sigmas(model_sampling, sampler_name, scheduler, n, denoise)
+            above = above[above > final * (1 + 1e-6)]
+            if len(above) >= steps or n >= 20 * steps:
+                break
+            n += steps - len(above)
+        return torch.cat([above[: max(steps - 1, 0)], above.new_tensor([final, 0.0])])
     if scheduler not in comfy.samplers.KSampler.SCHEDULERS:
         raise InputError(f"unknown scheduler {scheduler!r}; accepted: {', '.join(comfy.samplers.KSampler.SCHEDULERS)}")
 

@@ -270,7 +270,7 @@ class RecurrentPoseAlign:
 def repose_sample(repose_model: LoadedRePose, repose_cond: RePoseCond, seed: int, steps: int, cfg: float,
                   sampler_name: str, scheduler: str, denoise: float = 1.0, cfg_mode: str = "single",
                   pose_scale: float = 2.0, appearance_scale: float = 2.0, guidance=None, edit_mask=None,
-                  reference=None, disable_pbar: bool = False):
+                  reference=None, disable_pbar: bool = False, final_timestep: int = -1):
     """-> ({"samples": z}, IMAGE). ComfyUI's seeded noise, σ schedule and sampler drive the RePose denoiser."""
     from .comfy_runtime import (
         RePoseGuider, load_to_device, noise_for, preview_callback, resize_mask, sampler_for, ksampler_sigmas,
@@ -313,7 +313,12 @@ def repose_sample(repose_model: LoadedRePose, repose_cond: RePoseCond, seed: int
             raise InputError(f"input 'edit_mask' has {denoise_mask.shape[0]} masks for a batch of {latent.shape[0]}")
     sampler = sampler_for(sampler_name)
     model_sampling = repose_model.patcher.model.model_sampling
-    sigmas = ksampler_sigmas(model_sampling, sampler_name, scheduler, steps, denoise)
+    if final_timestep < 0:
+        final_timestep = repose_model.config.final_timestep
+    if not 0 <= final_timestep < repose_model.config.timesteps:
+        raise InputError(f"input 'final_timestep' is {final_timestep}; accepted: -1 (the model's setting) or 0 to "
+                         f"{repose_model.config.timesteps - 1}")
+    sigmas = ksampler_sigmas(model_sampling, sampler_name, scheduler, steps, denoise, final_timestep)
     noise = noise_for(latent, seed)
     callback = preview_callback(repose_model.patcher, max(len(sigmas) - 1, 1))
     guider = RePoseGuider(repose_model.patcher, al.pose_map, al.cond, al.null_cond, cfg=cfg, mode=cfg_mode,
@@ -367,14 +372,19 @@ class RePoseKSampler:
             "guidance": ("REPOSE_GUIDANCE", {"tooltip": "Pose gradient guidance (RePose Pose Gradient Guidance)."}),
             "edit_mask": ("MASK", {"tooltip": "Appearance editing: 1 = regenerate, 0 = keep the reference."}),
             "reference": ("IMAGE", {"tooltip": "Image kept outside the mask (and the start image when denoise < 1)."}),
+            "final_timestep": ("INT", {"default": -1, "min": -1, "max": 999,
+                                       "tooltip": "Last timestep sampled; its denoised image is the result. -1: the "
+                                                  "model's setting (the bundled model stops early, where its "
+                                                  "denoising is still clean); 0: the whole trajectory (paper)."}),
         }}
 
     @reports_user_errors
     def sample(self, repose_model, repose_cond, seed, steps, cfg, sampler_name, scheduler, denoise,
                cfg_mode="single", pose_scale=2.0, appearance_scale=2.0, guidance=None, edit_mask=None,
-               reference=None):
+               reference=None, final_timestep=-1):
         return repose_sample(repose_model, repose_cond, seed, steps, cfg, sampler_name, scheduler, denoise,
-                             cfg_mode, pose_scale, appearance_scale, guidance, edit_mask, reference)
+                             cfg_mode, pose_scale, appearance_scale, guidance, edit_mask, reference,
+                             final_timestep=final_timestep)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -232,7 +232,8 @@ class PoseTransferPipeline:
     def progress_total(self, steps: int, spacing: str = "pidm") -> int:
         """Units `transfer` reports to `progress`: RPA iterations + sampling steps."""
         n_rpa = self.model.rpa.cfg.iterations if self.model.rpa is not None else 0
-        return n_rpa + len(spaced_timesteps(self.diffusion.num_timesteps, steps, spacing))
+        return n_rpa + len(spaced_timesteps(self.diffusion.num_timesteps, steps, spacing,
+                                            self.model.config.final_timestep))
 
     # -- the main job ----------------------------------------------------------------------------------------------
 
@@ -240,7 +241,7 @@ class PoseTransferPipeline:
                  seed: int = 0, progress: Callable[[int, int], None] | None = None, *, source_pose=None,
                  retarget: bool = False, eta: float = 0.0, fit: str = "pad", pad_value=None,
                  spacing: str = "pidm", clip_x0: bool | None = None,
-                 aligned_start: float | None = None) -> TransferResult:
+                 aligned_start: float | None = None, final_timestep: int | None = None) -> TransferResult:
         """Re-render the person of `source_img` in `target_pose` (module docstring).
 
         source_img: (H, W, 3) uint8 / float [0, 1], or a list of them / (B, H, W, 3) array for a batch.
@@ -259,7 +260,9 @@ class PoseTransferPipeline:
             Without it, an undertrained model's x̂0 error at high noise (amplified by 1/√ᾱ_t) can make DDIM diverge.
         aligned_start: OUR ADDITION (b2 / full models): instead of pure noise, start from RPA's aligned source noised
             to this fraction of the trajectory (0 < s ≤ 1; t_start = s·T, as SDEdit): the denoiser then corrects the
-            warp rather than drawing the person from scratch. None (default) samples from noise like the paper."""
+            warp rather than drawing the person from scratch. None (default) samples from noise like the paper.
+        final_timestep: the last timestep evaluated, its x̂0 the result; None = the model config's (0 = the whole
+            trajectory, as the paper; RePoseConfig.final_timestep)."""
         start = time.perf_counter()
         if fit not in FIT_MODES:
             raise InputError(f"fit must be one of {FIT_MODES}, got {fit!r}")
@@ -268,7 +271,8 @@ class PoseTransferPipeline:
         targets = self._per_item(target_pose, B, "target_pose")
         src_poses = self._per_item(source_pose, B, "source_pose") if source_pose is not None else [None] * B
         cfg_w = float(self.model.config.cfg_scale if cfg is None else cfg)
-        timesteps = spaced_timesteps(self.diffusion.num_timesteps, steps, spacing)
+        final_t = int(self.model.config.final_timestep if final_timestep is None else final_timestep)
+        timesteps = spaced_timesteps(self.diffusion.num_timesteps, steps, spacing, final_t)
         if aligned_start is not None:  # sampling starts part-way (the progress bar counts only those steps)
             timesteps = [t for t in timesteps if t <= aligned_start_t(self.diffusion, aligned_start)]
         total_steps = max(1, len(timesteps))
@@ -321,7 +325,7 @@ class PoseTransferPipeline:
         z0 = sample(self.model, self.diffusion, pose_map, cond, null, steps=steps, cfg=cfg_w, eta=eta,
                     generator=torch.Generator(device="cpu").manual_seed(int(seed)), x0_hook=hook,
                     callback=lambda info: tick(), spacing=spacing, clip_x0=clip_x0, aligned_start=aligned_start,
-                    warped=cond.warped[-1] if cond.warped else None)
+                    warped=cond.warped[-1] if cond.warped else None, final_timestep=final_t)
         with torch.no_grad():
             canvas_out = self._to_numpy01(self.codec.decode(z0))
 

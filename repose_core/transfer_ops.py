@@ -120,13 +120,16 @@ def align(model: RePoseDM, source: Tensor, pose: Tensor, iterations: int | None 
 def sample(model: RePoseDM, diffusion, pose_map: Tensor, cond: AppearanceCond, null_cond: AppearanceCond, *,
            steps: int = 20, cfg: float = 2.0, eta: float = 0.0, generator: torch.Generator | None = None,
            x0_hook: Callable | None = None, callback: Callable | None = None, spacing: str = "pidm",
-           clip_x0: bool = False, aligned_start: float | None = None, warped: Tensor | None = None) -> Tensor:
+           clip_x0: bool = False, aligned_start: float | None = None, warped: Tensor | None = None,
+           final_timestep: int = 0) -> Tensor:
     """The core's one sampling loop (pipeline, training sample grids, generation scripts): PIDM's single-scale CFG
     (w = `cfg`, ∅ = `null_cond`) and DDIM, x_T drawn from `generator` (CPU or on its device) -> z0 (B, C, h, w).
 
     cond / null_cond: from `model.prepare` / `model.null_cond` (only what `forward` reads is passed to the denoiser).
     aligned_start (our addition, RPA models): start from `warped` (RPA's last aligned source, diffusion space) noised
-    to this fraction of the trajectory instead of pure noise (SDEdit); None samples from noise like the paper."""
+    to this fraction of the trajectory instead of pure noise (SDEdit); None samples from noise like the paper.
+    final_timestep: the last timestep evaluated, whose x̂0 is the result (0 = the whole trajectory, as the paper;
+    RePoseConfig.final_timestep says why a model may prefer another)."""
     from .diffusion import ddim_sample, make_eps_fn
 
     B = pose_map.shape[0]
@@ -143,7 +146,8 @@ def sample(model: RePoseDM, diffusion, pose_map: Tensor, cond: AppearanceCond, n
         start = dict(t_start=aligned_start_t(diffusion, aligned_start), x_init=warped)
     eps_fn = make_eps_fn(model, pose_map, cond.features_only(), null_cond.features_only(), w=cfg)
     return ddim_sample(eps_fn, x_T, diffusion, steps=steps, eta=eta, x0_hook=x0_hook, callback=callback,
-                       generator=generator if eta > 0 else None, spacing=spacing, clip_denoised=bool(clip_x0), **start)
+                       generator=generator if eta > 0 else None, spacing=spacing, clip_denoised=bool(clip_x0),
+                       final_timestep=final_timestep, **start)
 
 
 def aligned_start_t(diffusion, aligned_start: float) -> int:

@@ -246,3 +246,28 @@ def test_sampler_input_errors(diffusion):
         ddim_sample(lambda x, t: torch.zeros(1, 3, 4, 4), x, diffusion, steps=2)
     with pytest.raises(InputError, match="GaussianDiffusion"):
         ddpm_sample(eps_fn, x, linear_betas(), steps=2)
+
+
+def test_final_timestep_spaces_the_steps_above_it_and_returns_its_x0():
+    """final_timestep (RePoseConfig.final_timestep): `steps` model calls over final_timestep..T−1, and the result is
+    the last call's x̂0 (what the callback reports as denoised)."""
+    from repose_core.diffusion import GaussianDiffusion, ddim_sample, linear_betas, spaced_timesteps
+    from repose_core.errors import InputError
+
+    d = GaussianDiffusion(linear_betas(1000))
+    ts = spaced_timesteps(1000, 20, "pidm", final_timestep=400)
+    assert ts[0] == 400 and ts[-1] < 1000 and len(ts) == 20 and ts == sorted(ts)
+    assert spaced_timesteps(1000, 20, "pidm", 0) == spaced_timesteps(1000, 20, "pidm")
+    seen = []
+
+    def eps_fn(x, t):  # any deterministic function of (x, t)
+        return torch.tanh(x) * 0.5 + t.float().view(-1, 1, 1, 1) / 2000
+
+    g = torch.Generator().manual_seed(0)
+    x_T = torch.randn(2, 3, 8, 6, generator=g)
+    out = ddim_sample(eps_fn, x_T, d, steps=20, eta=1.0, generator=g, final_timestep=400,
+                      callback=lambda info: seen.append((info["t"], info["denoised"].clone())))
+    assert [t for t, _ in seen] == ts[::-1]
+    torch.testing.assert_close(out, seen[-1][1])
+    with pytest.raises(InputError, match="final_timestep"):
+        spaced_timesteps(1000, 20, "pidm", final_timestep=1000)

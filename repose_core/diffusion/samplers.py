@@ -39,13 +39,19 @@ __all__ = ["spaced_timesteps", "ddim_sample", "ddpm_sample", "SPACINGS"]
 SPACINGS = ("pidm", "uniform", "trailing")
 
 
-def spaced_timesteps(num_timesteps: int, steps: int, spacing: str = "pidm") -> list[int]:
+def spaced_timesteps(num_timesteps: int, steps: int, spacing: str = "pidm", final_timestep: int = 0) -> list[int]:
     """Ascending list of the model timesteps a `steps`-step sampler visits.
 
     "pidm" reproduces PIDM exactly, including its quirk that T not divisible by `steps` yields a few extra steps
-    (e.g. steps=30 → stride 33 → 31 timesteps).
+    (e.g. steps=30 → stride 33 → final_timestep + 31 timesteps). final_timestep > 0 spaces the steps over
+    final_timestep..T−1 instead of 0..T−1: the sampler's last model call is at that timestep and its x̂0 is the result
+    (EDM's σ_min; for a denoiser that has not learned the lowest noise levels, see RePoseConfig.final_timestep).
     """
     T = int(num_timesteps)
+    if isinstance(final_timestep, bool) or int(final_timestep) != final_timestep or not 0 <= final_timestep < T:
+        raise InputError(f"final_timestep must be an integer in [0, {T - 1}], got {final_timestep!r}")
+    if final_timestep:
+        return [int(final_timestep) + t for t in spaced_timesteps(T - int(final_timestep), steps, spacing)]
     if isinstance(steps, bool) or int(steps) != steps or not 1 <= steps <= T:
         raise InputError(f"steps must be an integer in [1, {T}], got {steps!r}")
     steps = int(steps)
@@ -145,6 +151,7 @@ def ddim_sample(
     x_init: Tensor | None = None,
     spacing: str = "pidm",
     clip_denoised: bool = False,
+    final_timestep: int = 0,
 ) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12), deterministic for eta = 0:
 
@@ -153,13 +160,14 @@ def ddim_sample(
         σ_t     = eta · √((1-ᾱ_next)/(1-ᾱ_t)) · √(1 - ᾱ_t/ᾱ_next)
         x_next  = √ᾱ_next x̂0' + √(1-ᾱ_next-σ_t²) ε̃ + σ_t z            (ᾱ_next = 1 after the last step)
 
-    Learned-variance channels of the model output are ignored. Returns x_0 (B, C, ...).
+    Learned-variance channels of the model output are ignored. Returns x_0 (B, C, ...); with final_timestep > 0
+    the steps are spaced over final_timestep..T−1 and the result is the x̂0' of the last one.
     """
     _check_common(x_T, diffusion, mask, x_ref, t_start, x_init)
     mask = None if mask is None else mask.to(device=x_T.device, dtype=x_T.dtype)   # bool masks are fine too
     if not eta >= 0.0:
         raise InputError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}")
-    ts = _start_timesteps(spaced_timesteps(diffusion.num_timesteps, steps, spacing), t_start)
+    ts = _start_timesteps(spaced_timesteps(diffusion.num_timesteps, steps, spacing, final_timestep), t_start)
     ts_desc = ts[::-1]
     alphas_cumprod = diffusion.alphas_cumprod   # float64
     total = len(ts_desc)

@@ -69,6 +69,10 @@ class RePoseConfig:
     cond_drop_prob: float = 0.1  # training: P(source replaced by zeros), the CFG "∅" (PIDM guidance_prob)
     timesteps: int = 1000  # T of the linear β schedule (1e-4 -> 2e-2)
     cfg_scale: float = 2.0  # classifier-free guidance scale at sampling (PIDM: 2)
+    # the last timestep samplers evaluate, its x̂0 the result (0 = the whole trajectory, PIDM). A denoiser that has not
+    # learned the lowest noise levels leaves their noise in the image; it is better stopped where its x̂0 is still
+    # clean (EDM's σ_min). Chosen per model by measurement (train/ablation.py sweep).
+    final_timestep: int = 0
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)  # pose guidance settings (on for "full")
     prediction: str = "eps"  # what the network predicts: "eps" (PIDM) | "v"; forward() always returns ε
     aligned_source_input: bool = False  # ours: RPA-aligned source also concatenated to the UNet input (b2/full)
@@ -95,6 +99,9 @@ class RePoseConfig:
             bad("image_size", "must be (H, W) in pixels")
         if self.image_size[0] % factor or self.image_size[1] % factor:
             bad("image_size", f"H and W must be multiples of the codec factor {factor} of codec {self.codec!r}")
+        if isinstance(self.final_timestep, bool) or int(self.final_timestep) != self.final_timestep \
+                or not 0 <= self.final_timestep < self.timesteps:
+            bad("final_timestep", f"must be an integer in [0, {self.timesteps - 1}]")
         if not 0.0 <= self.cond_drop_prob < 1.0:
             bad("cond_drop_prob", "must be in [0, 1)")
         if self.timesteps < 1:
