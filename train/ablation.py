@@ -234,13 +234,16 @@ def source_gain(pipe, sources, poses, targets01, ts=(100, 500, 900), n: int = 30
 # (label, run folder under --runs, sampling guidance, CFG w or None = --cfg): the paper's three variants, then our
 # additions as their own rows. aligned-x0 models sample at w = 1: their ∅ branch sees a zero aligned source, and
 # w = 2 doubles the aligned image's contrast (measured in docs/ablation.md)
-EVAL_ROWS = (("B1 (PIDM)", "b1", False, None), ("B1 (PIDM), at B2's step count", "b1_1366", False, None),
-             ("B2 (+ RPA)", "b2", False, None),
-             ("full, no sampling guidance", "full", False, None), ("full (RePoseDM)", "full", True, None),
-             ("B2 + aligned input (ours)", "b2_aligned", False, None),
-             ("full + aligned input (ours)", "full_aligned", True, None),
-             ("B2 + aligned input + aligned-x0 (ours)", "b2_resid", False, 1.0),
-             ("+ sampling guidance = shipped default (ours)", "b2_resid", True, 1.0))
+# (label, run folder, sampling guidance, CFG w (None = --cfg), final timestep (None = the run's config, i.e. 0))
+EVAL_ROWS = (("B1 (PIDM)", "b1", False, None, None),
+             ("B1 (PIDM), at B2's step count", "b1_1366", False, None, None),
+             ("B2 (+ RPA)", "b2", False, None, None),
+             ("full, no sampling guidance", "full", False, None, None), ("full (RePoseDM)", "full", True, None, None),
+             ("B2 + aligned input (ours)", "b2_aligned", False, None, None),
+             ("full + aligned input (ours)", "full_aligned", True, None, None),
+             ("B2 + aligned input + aligned-x0 (ours, previous default)", "b2_resid", True, 1.0, None),
+             ("B2 + aligned input + EDM residual (ours), whole trajectory", "b2_edm", True, 1.0, 0),
+             ("+ final timestep = shipped default (ours)", "b2_edm", True, 1.0, "ship"))
 
 
 def cmd_eval(args) -> int:
@@ -286,7 +289,9 @@ def cmd_eval(args) -> int:
                         "data_root": args.data_root, "git_commit": git_commit(), "threads": args.threads},
                "references": {"ground_truth": summarise(gt01), "copy_source": summarise(src01)}, "rows": {}}
     pipes = {}
-    for label, variant, guided, row_cfg in EVAL_ROWS:
+    for label, variant, guided, row_cfg, row_final_t in EVAL_ROWS:
+        if row_final_t == "ship":
+            row_final_t = args.final_timestep
         if args.only and variant not in args.only:
             continue
         guidance = {"scale": args.guidance_scale, "every": args.guidance_every} if guided else None
@@ -309,7 +314,7 @@ def cmd_eval(args) -> int:
             for i in range(0, len(gt01), args.batch):
                 r = pipe.transfer(data["sources"][i:i + args.batch], data["target_poses"][i:i + args.batch],
                                   steps=args.steps, cfg=row_cfg or args.cfg, guidance=guidance, seed=seed * 1000 + i,
-                                  eta=args.eta)
+                                  eta=args.eta, final_timestep=row_final_t)
                 outs.append(r.canvas_images)
                 if r.warped:
                     warp_err.append(np.abs(r.warped[-1] - gt01[i:i + args.batch]).mean(axis=(1, 2, 3)))
@@ -337,7 +342,8 @@ def cmd_eval(args) -> int:
                 for j in range(min(8, len(pred))):
                     Image.fromarray((pred[j] * 255).round().astype(np.uint8)).save(
                         folder / f"{tag}_seed{seed}_{j}.png")
-        results["rows"][label] = {"run": variant, "guidance": guidance, "cfg": row_cfg or args.cfg, "per_seed": per_seed,
+        results["rows"][label] = {"run": variant, "guidance": guidance, "cfg": row_cfg or args.cfg,
+                                  "final_timestep": row_final_t or 0, "per_seed": per_seed,
                                   "summary": aggregate(per_seed)}
     results["meta"]["rpa_warp_l1_identity"] = float(np.abs(src01 - gt01).mean())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -371,7 +377,8 @@ def aggregate(per_seed: list[dict]) -> dict:
 
 
 def cmd_sweep(args) -> int:
-    """Guidance step η for the full model, chosen on TRAINING-split pairs (never the held-out evaluation pairs)."""
+    """Guidance step η and final timestep for the full model, chosen on TRAINING-split pairs (never the held-out
+    evaluation pairs)."""
     from repose_core.metrics import pose_accuracy
     from repose_core.estimator import build_estimator as load_estimator
     from repose_core.pipeline import PoseTransferPipeline
@@ -385,15 +392,17 @@ def cmd_sweep(args) -> int:
     gt01 = np.stack(data["targets"]).astype(np.float32) / 255
     gt_kp = np.stack([openpose18_to_coco17(p).keypoints for p in data["target_poses"]])
     rows = []
-    for scale in args.scales:
-        guidance = {"scale": scale, "every": args.guidance_every} if scale > 0 else None
-        r = pipe.transfer(data["sources"], data["target_poses"], steps=args.steps, cfg=args.cfg, guidance=guidance,
-                          seed=args.seed, eta=args.eta)
-        m = image_metrics(r.canvas_images, gt01)
-        acc = pose_accuracy(estimate_coco(estimator, r.canvas_images), gt_kp)
-        rows.append({"scale": scale, "ssim": float(m["ssim"].mean()), "l1": float(m["l1"].mean()), "pck": acc["pck"],
-                     "mean_error_px": acc["mean_error_px"], "seconds": round(r.seconds, 1)})
-        print(json.dumps(rows[-1]), flush=True)
+    for final_t in args.final_timesteps:
+        for scale in args.scales:
+            guidance = {"scale": scale, "every": args.guidance_every} if scale > 0 else None
+            r = pipe.transfer(data["sources"], data["target_poses"], steps=args.steps, cfg=args.cfg,
+                              guidance=guidance, seed=args.seed, eta=args.eta, final_timestep=final_t)
+            m = image_metrics(r.canvas_images, gt01)
+            acc = pose_accuracy(estimate_coco(estimator, r.canvas_images), gt_kp)
+            rows.append({"final_timestep": final_t, "scale": scale, "ssim": float(m["ssim"].mean()),
+                         "l1": float(m["l1"].mean()), "pck": acc["pck"], "mean_error_px": acc["mean_error_px"],
+                         "seconds": round(r.seconds, 1)})
+            print(json.dumps(rows[-1]), flush=True)
     Path(args.out).write_text(json.dumps({"split": "train", "pairs": len(gt01), "rows": rows}, indent=2) + "\n")
     return 0
 
@@ -433,6 +442,8 @@ def cmd_table(args) -> int:
                   if "guidance_energy_first" in s else "—")
         if row.get("cfg") not in (None, meta["cfg"]):
             label = f"{label}, CFG w = {row['cfg']:g}"
+        if row.get("final_timestep"):
+            label = f"{label}, final t = {row['final_timestep']}"
         lines.append(f"| {label} | {fmt(s['ssim'])} | {fmt(s['l1'])} | {fmt(s['pck'])} | "
                      f"{fmt(s['mean_error_px'], 2)} | {fmt(s['pck_guidance_estimator'])} | {warp} | {energy} |")
     for label, r in res["references"].items():
@@ -497,6 +508,8 @@ def cmd_ship(args) -> int:
             defaults = {"variant": "full", "guidance": guidance}
             if args.cfg is not None:
                 defaults["cfg_scale"] = args.cfg
+            if args.final_timestep is not None:
+                defaults["final_timestep"] = args.final_timestep
             model.config = dataclasses.replace(model.config, **defaults)
             record = dict(record, shipped_config=dict(defaults, guidance=guidance.to_dict()))
         save_model(dest / name, model, "repose_dm", extra_metadata={"training": record, "stored_dtype": "float16"})
@@ -607,6 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cfg", type=float, default=2.0)
     e.add_argument("--guidance-scale", type=float, default=1.0)
     e.add_argument("--guidance-every", type=int, default=1)
+    e.add_argument("--final-timestep", type=int, default=0,
+                   help="final timestep of the shipped-default row (the one `ship --final-timestep` stores)")
     e.add_argument("--batch", type=int, default=30)
     e.add_argument("--threads", type=int, default=1)
     e.add_argument("--save-images", action="store_true")
@@ -619,6 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--pairs", type=int, default=40)
     sw.add_argument("--scales", type=float, nargs="+", default=[0.0, 0.1, 0.3, 1.0, 3.0, 10.0])
     sw.add_argument("--guidance-every", type=int, default=1)
+    sw.add_argument("--final-timesteps", type=int, nargs="+", default=[0],
+                    help="final timesteps to try (RePoseConfig.final_timestep; 0 = the whole trajectory)")
     sw.add_argument("--run", default="full", help="run folder of the model to sweep (default: full)")
     sw.add_argument("--steps", type=int, default=50)
     sw.add_argument("--eta", type=float, default=1.0)
@@ -634,6 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--dest", default=str(REPO / "repose_core" / "weights"))
     sh.add_argument("--guidance-scale", type=float, default=None,
                     help="default guidance η stored in the full model's config (from `sweep`)")
+    sh.add_argument("--final-timestep", type=int, default=None,
+                    help="default final timestep stored in the full model's config (from `sweep`)")
     tb = sub.add_parser("table", help="markdown table from the eval JSON")
     tb.add_argument("--results", nargs="+", default=["/work/runs/ablation/results.json"])
     tb.add_argument("--out", default="")
