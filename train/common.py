@@ -85,6 +85,18 @@ def options_json(opts) -> str:
     return json.dumps(dataclasses.asdict(opts), indent=2, sort_keys=True)
 
 
+def run_script(main) -> None:
+    """`if __name__ == "__main__": run_script(main)`: a ReposeError (bad input, damaged file) is logged as one line
+    and exits with status 2; anything else keeps its traceback."""
+    from repose_core.errors import ReposeError
+
+    try:
+        sys.exit(main())
+    except ReposeError as e:
+        logging.getLogger("repose").error("%s", e)
+        sys.exit(2)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Distributed (torchrun sets RANK / WORLD_SIZE / LOCAL_RANK)
 

@@ -40,9 +40,9 @@ import torch  # noqa: E402
 
 from repose_core import metrics as M  # noqa: E402
 from train.data import LAYOUTS, PairRecord, load_records, read_image  # noqa: E402
-from repose_core.errors import InputError, ReposeError  # noqa: E402
+from repose_core.errors import InputError  # noqa: E402
 from repose_core.pose import Pose, openpose18_to_coco17, resize_pose  # noqa: E402
-from train.common import parse_options  # noqa: E402
+from train.common import parse_options, run_script  # noqa: E402
 
 log = logging.getLogger("repose")
 
@@ -308,8 +308,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ReposeError as e:
-        logging.getLogger("repose").error("%s", e)
-        sys.exit(2)
+    run_script(main)

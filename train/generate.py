@@ -32,12 +32,14 @@ from PIL import Image  # noqa: E402
 from repose_core.checkpoint import load_model  # noqa: E402
 from repose_core.models.repose import as_repose_model  # noqa: E402
 from train.data import LAYOUTS, load_records, read_image, to_tensor_pm1  # noqa: E402
-from repose_core.errors import InputError, ReposeError  # noqa: E402
+from repose_core.errors import InputError  # noqa: E402
 from repose_core.pose import (  # noqa: E402
     load_pose_file, render_openpose, render_pidm_pose_map, resize_image, resize_pose, write_patn_annotations,
     write_patn_pairs,
 )
-from train.common import cleanup_distributed, parse_options, setup_distributed, setup_logging  # noqa: E402
+from train.common import (  # noqa: E402
+    cleanup_distributed, parse_options, run_script, setup_distributed, setup_logging,
+)
 from train.eval import generated_name  # noqa: E402
 from train.sampling import load_codec, model_diffusion, transfer  # noqa: E402
 
@@ -158,8 +160,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ReposeError as e:
-        logging.getLogger("repose").error("%s", e)
-        sys.exit(2)
+    run_script(main)

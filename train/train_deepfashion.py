@@ -46,11 +46,11 @@ from train.data import (  # noqa: E402
 from repose_core.diffusion import GaussianDiffusion, drop_condition, linear_betas  # noqa: E402
 from repose_core.models.configs import CONFIG_NAMES, get_config  # noqa: E402
 from repose_core.models.repose import RePoseDM, as_repose_model  # noqa: E402
-from repose_core.errors import InputError, ReposeError  # noqa: E402
+from repose_core.errors import InputError  # noqa: E402
 from train.loop import LoopOptions, run_loop, write_options  # noqa: E402
 from train.common import (  # noqa: E402
     EMA, EpochBatchSampler, RunLogger, cleanup_distributed, image_grid, prepare_run_dir, resume_training_state,
-    parse_options, restore_rng, save_training_state, setup_distributed, setup_logging,
+    parse_options, restore_rng, run_script, save_training_state, setup_distributed, setup_logging,
 )
 
 log = logging.getLogger("repose")
@@ -437,8 +437,4 @@ def gather_rng(dist, noise_gen: torch.Generator) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ReposeError as e:
-        logging.getLogger("repose").error("%s", e)
-        sys.exit(2)
+    run_script(main)

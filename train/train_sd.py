@@ -35,10 +35,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from train.data import HumanSDDataset, load_humansd_records  # noqa: E402
-from repose_core.errors import InputError, MissingDependencyError, ReposeError  # noqa: E402
+from repose_core.errors import InputError, MissingDependencyError  # noqa: E402
 from train.common import (  # noqa: E402
     EMA, EpochBatchSampler, RunLogger, image_grid, prepare_run_dir, resume_training_state, parse_options,
-    restore_rng, save_training_state, setup_logging,
+    restore_rng, run_script, save_training_state, setup_logging,
 )
 from train.loop import LoopOptions, run_loop, write_options  # noqa: E402
 
@@ -346,8 +346,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ReposeError as e:
-        logging.getLogger("repose").error("%s", e)
-        sys.exit(2)
+    run_script(main)
