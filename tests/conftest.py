@@ -24,6 +24,18 @@ except ImportError:  # hypothesis is in requirements-dev.txt; tests that need it
     pass
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors: on a shared 2-core machine one intra-op thread is much faster than two contending ones.
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_thread")`; the count is restored afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     """Root of this checkout (any clone location)."""

@@ -18,14 +18,7 @@ from repose_core.pose import PoseFrame, load_pose_file, write_openpose_json, wri
 FILES_PER_ITEM = ("full_guided", "full_unguided", "b1", "warped")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

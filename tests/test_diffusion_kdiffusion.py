@@ -8,12 +8,7 @@ from repose_core.diffusion import (EpsDenoiser, GaussianDiffusion, ddim_sample, 
 from repose_core.errors import InputError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,7 @@ from repose_core.diffusion import GaussianDiffusion, ddim_sample, ddpm_sample, l
 from repose_core.errors import InputError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # tiny tensors: intra-op threads only add contention on the shared CI cores; restored afterwards
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,7 @@ MAX_TOTAL_BYTES = 10 * 1024 * 1024
 SSIM_MARGIN, L1_MARGIN = 0.035, 0.008
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
