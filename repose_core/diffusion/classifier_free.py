@@ -29,7 +29,7 @@ from ..errors import InputError
 
 logger = logging.getLogger("repose")
 
-__all__ = ["cfg_combine", "cfg_combine_disentangled", "cfg_eps", "make_eps_fn", "drop_condition", "batch_conditions",
+__all__ = ["cfg_combine", "cfg_combine_disentangled", "make_eps_fn", "drop_condition", "batch_conditions",
            "CFGPasses", "BATCHING"]
 
 MODES = ("single", "disentangled")
@@ -195,35 +195,6 @@ class CFGPasses:
                          1000 * min(b[1:]), 1000 * min(s[1:]))
 
 
-def cfg_eps(
-    model: Callable,
-    x_t: Tensor,
-    t: Tensor,
-    pose_map: Tensor,
-    cond: Any,
-    null_cond: Any,
-    w: float = 2.0,
-    *,
-    mode: str = "single",
-    w_pose: float | None = None,
-    w_app: float | None = None,
-    null_pose: Tensor | None = None,
-    combine_variance: bool = False,
-    batching: str = "batched",
-) -> Tensor:
-    """One CFG-combined model output (B, 2C, ...) at (x_t, t).
-
-    mode="single":        ε(pose, ∅) + w·[ε(pose, cond) − ε(pose, ∅)]; w = 1 runs only the conditional pass.
-    mode="disentangled":  3 passes (∅,∅), (pose,∅), (∅,cond) with w_pose / w_app (default: w);
-                          null_pose defaults to zeros_like(pose_map).
-    combine_variance=True extrapolates the v channels too, as PIDM's `forward_with_cond_scale` does (parity);
-    the default keeps v of the conditional pass (GLIDE / improved-diffusion practice, keeps v inside [-1, 1]).
-    batching: see `CFGPasses`. For a sampler, use `make_eps_fn`: it builds the conditions once per pair.
-    """
-    return make_eps_fn(model, pose_map, cond, null_cond, w, mode, w_pose, w_app, null_pose, combine_variance,
-                       batching=batching)(x_t, t)
-
-
 def make_eps_fn(
     model: Callable,
     pose_map: Tensor,
@@ -238,8 +209,15 @@ def make_eps_fn(
     *,
     batching: str = "auto",
 ) -> Callable[[Tensor, Tensor], Tensor]:
-    """eps_fn(x_t, t) for the samplers (see `cfg_eps`). The passes' conditions are concatenated once, here, not at
-    every step; batching "auto" measures batched against sequential passes on the first steps (`CFGPasses`)."""
+    """eps_fn(x_t, t) -> one CFG-combined model output (B, 2C, ...), for the samplers.
+
+    mode="single":        ε(pose, ∅) + w·[ε(pose, cond) − ε(pose, ∅)]; w = 1 runs only the conditional pass.
+    mode="disentangled":  3 passes (∅,∅), (pose,∅), (∅,cond) with w_pose / w_app (default: w);
+                          null_pose defaults to zeros_like(pose_map).
+    combine_variance=True extrapolates the v channels too, as PIDM's `forward_with_cond_scale` does (parity);
+    the default keeps v of the conditional pass (GLIDE / improved-diffusion practice, keeps v inside [-1, 1]).
+    The passes' conditions are concatenated once, here, not at every step; batching "auto" measures batched against
+    sequential passes on the first steps (`CFGPasses`)."""
     passes = CFGPasses(model, pose_map, cond, null_cond, mode, null_pose, batching)
     w_pose = w if w_pose is None else w_pose
     w_app = w if w_app is None else w_app
