@@ -229,11 +229,11 @@ class PoseTransferPipeline:
         p = next(self.model.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
-    def progress_total(self, steps: int, spacing: str = "pidm") -> int:
-        """Units `transfer` reports to `progress`: RPA iterations + sampling steps."""
+    def progress_total(self, steps: int, spacing: str = "pidm", final_timestep: int | None = None) -> int:
+        """Units `transfer` reports to `progress`: RPA iterations + sampling steps (same arguments as `transfer`)."""
         n_rpa = self.model.rpa.cfg.iterations if self.model.rpa is not None else 0
-        return n_rpa + len(spaced_timesteps(self.diffusion.num_timesteps, steps, spacing,
-                                            self.model.config.final_timestep))
+        final_t = self.model.config.final_timestep if final_timestep is None else final_timestep
+        return n_rpa + len(spaced_timesteps(self.diffusion.num_timesteps, steps, spacing, int(final_t)))
 
     # -- the main job ----------------------------------------------------------------------------------------------
 

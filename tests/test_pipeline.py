@@ -123,6 +123,15 @@ def test_progress_reports_every_rpa_iteration_and_step(pipes, examples):
     total = pipe.progress_total(STEPS)
     assert total == pipe.model.config.rpa.iterations + STEPS + 1  # "pidm" spacing: 1000 // 3 -> 4 timesteps
     assert seen == [(i, total) for i in range(1, total + 1)]
+    # a final timestep (RePoseConfig.final_timestep) spaces the same number of steps above it; the result is its x̂0
+    seen.clear()
+    stopped = pipe.transfer(src, tgt, steps=STEPS, final_timestep=500, progress=lambda d, t: seen.append((d, t)))
+    total = pipe.progress_total(STEPS, final_timestep=500)
+    assert total == pipe.model.config.rpa.iterations + STEPS + 1  # "pidm" spacing of 500 timesteps: 500 // 3 -> 4
+    assert seen == [(i, total) for i in range(1, total + 1)]
+    assert np.isfinite(stopped.canvas_images).all()
+    with pytest.raises(InputError, match="final_timestep"):
+        pipe.transfer(src, tgt, steps=STEPS, final_timestep=1000)
 
 
 def test_guidance_changes_the_result_and_records_energy(pipes, examples):
