@@ -262,6 +262,7 @@ def section_cfg(plan: Plan, record) -> None:
 
         def run(row=row, batched=batched, sequential=sequential):
             seq_mem, bat_mem = {}, {}
+            sequential(), batched()  # warm-up: cuDNN autotuning would otherwise count in the peaks below
             with peak_memory(device, seq_mem):
                 sequential()
             with peak_memory(device, bat_mem):
