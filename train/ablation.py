@@ -530,6 +530,8 @@ def cmd_ship(args) -> int:
 
 
 def _where(rec: dict) -> str:
+    if rec.get("where"):  # a run continued on other hardware says so in its record
+        return rec["where"]
     argv = rec.get("train_deepfashion_argv", [])
     device = argv[argv.index("--device") + 1] if "--device" in argv else "cpu"
     if device == "cuda":
@@ -575,6 +577,8 @@ def training_md(shipped, dest: Path) -> str:
                 lines.append(f"- initialised from the run of `{base['command']}` ({base['steps']} steps, "
                              f"{base['seconds']:.0f} s on {_where(base)})")
             lines.append("- stored as float16 (the EMA weights)")
+            if rec.get("lineage"):
+                lines.append(f"- lineage: {rec['lineage']}")
         else:
             lines.append(f"- data: {rec['data_root']} ({rec['train_images']} training images; "
                          f"{rec['test_images']} held-out test images of unseen identities)")
