@@ -10,6 +10,9 @@ usage() {
   sed -n '2,5p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 }
 
+# repose_core and train/ import from this checkout without an install (an installed copy would come second)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
 cmd="${1:-}"
 if [ $# -gt 0 ]; then shift; fi
 case "$cmd" in

@@ -10,16 +10,14 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from repose_core.estimator import HigherHRNet, HigherHRNetConfig
 
-from repose_core.estimator import HigherHRNet, HigherHRNetConfig  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _timed(fn, device) -> tuple[float, float]:

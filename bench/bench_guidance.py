@@ -31,22 +31,20 @@ import json
 import platform
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from repose_core.diffusion import GaussianDiffusion, ddim_sample, linear_betas
+from repose_core.estimator import HigherHRNet, HigherHRNetConfig
+from repose_core.guidance import CHEAP_WINDOW, GuidanceConfig, LatentRGBApprox, PoseGuidance
+from repose_core.models import PIDMNet, UNetConfig, pidm_small_config
+from repose_core.models.codec import Codec, IdentityCodec
+from repose_core.pose import Pose
 
-from repose_core.diffusion import GaussianDiffusion, ddim_sample, linear_betas  # noqa: E402
-from repose_core.estimator import HigherHRNet, HigherHRNetConfig  # noqa: E402
-from repose_core.guidance import CHEAP_WINDOW, GuidanceConfig, LatentRGBApprox, PoseGuidance  # noqa: E402
-from repose_core.models import PIDMNet, UNetConfig, pidm_small_config  # noqa: E402
-from repose_core.models.codec import Codec, IdentityCodec  # noqa: E402
-from repose_core.pose import Pose  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # Schedules whose whole-run cost is reported; "default" = GuidanceConfig's window, "cheap" = CHEAP_WINDOW.
 SCHEDULES = {

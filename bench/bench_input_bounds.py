@@ -14,7 +14,6 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 WALK = [22, 10, 1, 22, 16, 1, 16, 16, 1, 14, 26, 1, 12, 36, 1, 28, 16, 1, 30, 26, 1, 32, 36, 1, 18, 34, 1, 18, 46, 1,
         18, 58, 1, 26, 34, 1, 27, 46, 1, 28, 58, 1, 21, 9, 1, 23, 9, 1, 20, 10, 1, 24, 10, 1]
@@ -81,19 +80,20 @@ def tampered():
 
 
 def _nodes_package() -> Path:
-    """The pack imports as a package (relative imports): expose it as `nodes` via a temp dir on sys.path."""
+    """The pack imports as a package (relative imports): a temp dir holding it as `pack`, for the child's PYTHONPATH."""
     d = Path(tempfile.mkdtemp(prefix="repose_bench_"))
     (d / "pack").symlink_to(ROOT, target_is_directory=True)
     return d
 
 
 def measure(code: str, pack_dir: Path) -> dict:
-    script = (f"import sys, resource; sys.path.insert(0, {str(ROOT)!r}); sys.path.insert(0, {str(pack_dir)!r})\n"
+    script = ("import resource, sys\n"
               "import importlib; importlib.import_module('pack')\n"
               + PRELUDE + code +
               "\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=1800,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+                              [str(pack_dir), str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])))
     if proc.returncode != 0:
         return {"ok": False, "error": proc.stderr.strip().splitlines()[-1:]}
     return {"ok": True, "peak_rss_mib": round(int(proc.stdout.strip().splitlines()[-1]) / 1024, 1)}

@@ -26,8 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def import_comfy(comfy_dir: str):
+    if importlib.util.find_spec("comfy") is None:
+        # ComfyUI is a source tree, not an installed package: start again with the tree on PYTHONPATH
+        path = os.pathsep.join([comfy_dir] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+        os.execve(sys.executable, [sys.executable, *sys.argv], dict(os.environ, PYTHONPATH=path))
     sys.argv = [sys.argv[0], "--cpu"]
-    sys.path.insert(0, comfy_dir)
     os.chdir(comfy_dir)
     import comfy.options
 

@@ -35,7 +35,6 @@ def run_one(name: str, variant: str, threads: int, repeats: int) -> dict:
     """Measure one preset in this process (called in a subprocess by main)."""
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from repose_core.models.configs import get_config
     from repose_core.models.repose import RePoseDM
 

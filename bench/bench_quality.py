@@ -21,11 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 WEIGHTS = REPO / "repose_core" / "weights"
 

@@ -31,11 +31,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from repose_core.models.configs import get_config
+from repose_core.models.repose import RePoseDM
 
-from repose_core.models.configs import get_config  # noqa: E402
-from repose_core.models.repose import RePoseDM  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:

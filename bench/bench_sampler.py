@@ -16,18 +16,16 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from repose_core.diffusion import (EpsDenoiser, GaussianDiffusion, ddim_sample, ddpm_sample, linear_betas,  # noqa: E402
+from repose_core.diffusion import (EpsDenoiser, GaussianDiffusion, ddim_sample, ddpm_sample, linear_betas,
                                    make_eps_fn, sample_euler)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class TinyEpsNet(nn.Module):

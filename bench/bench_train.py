@@ -18,13 +18,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from train import train_deepfashion as T
+from train.common import EMA
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from train import train_deepfashion as T  # noqa: E402
-from train.common import EMA  # noqa: E402
 
 PIDM_PAIRS, PIDM_EPOCH_S, PIDM_GPUS = 101_966, 950.0, 8
 

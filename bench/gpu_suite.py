@@ -28,7 +28,6 @@ import gc
 import json
 import platform
 import statistics
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -36,13 +35,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from repose_core.diffusion import GaussianDiffusion, ddim_sample, linear_betas, make_eps_fn
+from repose_core.models.codec import Codec
+from repose_core.models.configs import get_config
+from repose_core.models.repose import RePoseDM
 
-from repose_core.diffusion import GaussianDiffusion, ddim_sample, linear_betas, make_eps_fn  # noqa: E402
-from repose_core.models.codec import Codec  # noqa: E402
-from repose_core.models.configs import get_config  # noqa: E402
-from repose_core.models.repose import RePoseDM  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 ESTIMATOR = ROOT / "repose_core" / "weights" / "repose_default_estimator.safetensors"
 ANCHORS = {"PIDM": "16.9 s, 9.5 GB per image (256x176)", "CFLD": "3.55 s, 6.5 GB", "HumanSD": "3.89 s at 512x512",
@@ -282,7 +280,6 @@ def section_cfg(plan: Plan, record) -> None:
 
 
 def section_rpa(plan: Plan, record) -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
     from bench_rpa import rpa_implementation, rpa_inputs, rpa_module  # before = pre issue 14, after = default
     device = plan.device
     for preset in plan.rpa_presets:
@@ -325,7 +322,6 @@ def section_rpa(plan: Plan, record) -> None:
 
 
 def section_train(plan: Plan, record, out_dir: Path) -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
     import bench_train
 
     row = dict(section="train", args=plan.train_args)

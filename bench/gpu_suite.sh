@@ -8,6 +8,7 @@
 # finished before it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # repose_core from this checkout, no install needed
 PY="${PYTHON:-python3}"
 limit="${SUITE_TIMEOUT:-470}"
 for a in "$@"; do

@@ -10,6 +10,7 @@ Re-run it whenever the bundled weights change.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -19,11 +20,19 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "comfyui_host"))
-sys.path.insert(0, str(ROOT / "workflows"))
 
-import build  # noqa: E402
-from comfy_harness import ComfyServer  # noqa: E402
+
+def _load(path: Path):
+    """A helper module of this repository by its file (workflows/ and tests/comfyui_host/ are not packages)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+build = _load(ROOT / "workflows" / "build.py")
+ComfyServer = _load(ROOT / "tests" / "comfyui_host" / "comfy_harness.py").ComfyServer
 
 THUMB_H = 300
 # Per workflow: the node titles whose images make the thumbnail, left to right.

@@ -4,6 +4,7 @@ Run the suite with `bash run.sh test` (it builds the environment and the ComfyUI
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # `import repose_core` must work however pytest was launched (python -m pytest adds the cwd, the pytest script does not).
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+# ... and in the scripts the tests start (`python train/<script>.py`), as `bash run.sh` or an install provides it
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
 
 try:  # a loaded 2-core CI machine makes hypothesis' per-example deadline flaky; example counts stay per test
     from hypothesis import settings

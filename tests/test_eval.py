@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +11,6 @@ import torch
 from repose_core import metrics as M
 from repose_core.errors import InputError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _naive_ssim(x, y, weights, sample_cov, data_range=1.0):

@@ -16,15 +16,14 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from train.data import DataFileError  # noqa: E402
-from repose_core.errors import InputError  # noqa: E402
-from repose_core.pose import (  # noqa: E402
+from repose_core.errors import InputError
+from repose_core.pose import (
     Pose, write_gfla_pairs, write_gfla_pose, write_patn_annotations, write_patn_pairs,
 )
-from train import train_deepfashion as T  # noqa: E402
+from train import train_deepfashion as T
+from train.data import DataFileError
+
+REPO = Path(__file__).resolve().parents[1]
 
 FAST = ["--preset", "tiny", "--batch-size", "1", "--num-workers", "0", "--log-every", "1", "--no-tensorboard",
         "--rpa-iterations", "1"]

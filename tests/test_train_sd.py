@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 pytest.importorskip("diffusers", reason="train_sd.py needs the optional training packages (requirements-train.txt)")
 pytest.importorskip("transformers")

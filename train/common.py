@@ -40,9 +40,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repose_core, however the script was started
-from repose_core.checkpoint import read_safetensors_header  # noqa: E402
-from repose_core.errors import CheckpointError, InputError  # noqa: E402
+from repose_core.checkpoint import read_safetensors_header
+from repose_core.errors import CheckpointError, InputError
 
 log = logging.getLogger("repose")
 

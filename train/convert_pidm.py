@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train/ is not a package: make repose_core importable
 
-import torch  # noqa: E402
+import torch
 
-from repose_core.errors import ReposeError  # noqa: E402
-from repose_core.models.pidm import PIDM_PRESETS, convert_pidm_checkpoint  # noqa: E402
+from repose_core.errors import ReposeError
+from repose_core.models.pidm import PIDM_PRESETS, convert_pidm_checkpoint
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

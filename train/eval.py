@@ -27,22 +27,20 @@ import dataclasses
 import json
 import logging
 import os
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from repose_core import metrics as M  # noqa: E402
-from train.data import LAYOUTS, PairRecord, load_records, read_image  # noqa: E402
-from repose_core.errors import InputError  # noqa: E402
-from repose_core.pose import Pose, openpose18_to_coco17, resize_pose  # noqa: E402
-from train.common import parse_options, run_script  # noqa: E402
+from repose_core import metrics as M
+from train.data import LAYOUTS, PairRecord, load_records, read_image
+from repose_core.errors import InputError
+from repose_core.pose import Pose, openpose18_to_coco17, resize_pose
+from train.common import parse_options, run_script
 
 log = logging.getLogger("repose")
 

@@ -19,29 +19,27 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from PIL import Image
 
-from repose_core.checkpoint import load_model  # noqa: E402
-from repose_core.models.repose import as_repose_model  # noqa: E402
-from train.data import LAYOUTS, load_records, read_image, to_tensor_pm1  # noqa: E402
-from repose_core.errors import InputError  # noqa: E402
-from repose_core.pose import (  # noqa: E402
+from repose_core.checkpoint import load_model
+from repose_core.models.repose import as_repose_model
+from train.data import LAYOUTS, load_records, read_image, to_tensor_pm1
+from repose_core.errors import InputError
+from repose_core.pose import (
     load_pose_file, render_openpose, render_pidm_pose_map, resize_image, resize_pose, write_patn_annotations,
     write_patn_pairs,
 )
-from train.common import (  # noqa: E402
+from train.common import (
     cleanup_distributed, parse_options, run_script, setup_distributed, setup_logging,
 )
-from train.eval import generated_name  # noqa: E402
-from train.sampling import load_codec, model_diffusion, transfer  # noqa: E402
+from train.eval import generated_name
+from train.sampling import load_codec, model_diffusion, transfer
 
 log = logging.getLogger("repose")
 

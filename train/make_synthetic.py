@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run from anywhere: repose_core is beside train/
 
-from repose_core.errors import InputError  # noqa: E402
-from repose_core.synthetic import SIZES, generate_dataset  # noqa: E402
+from repose_core.errors import InputError
+from repose_core.synthetic import SIZES, generate_dataset
 
 
 def parse_size(text: str) -> tuple[int, int]:

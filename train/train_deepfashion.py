@@ -29,26 +29,24 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repose_core beside train/
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-from repose_core.checkpoint import load_model, save_model  # noqa: E402
-from train.data import (  # noqa: E402
+from repose_core.checkpoint import load_model, save_model
+from train.data import (
     LAYOUTS, Augment, PoseTransferDataset, PreloadedPairs, load_records, swap_pair_batch,
 )
-from repose_core.diffusion import GaussianDiffusion, drop_condition, linear_betas  # noqa: E402
-from repose_core.models.configs import CONFIG_NAMES, get_config  # noqa: E402
-from repose_core.models.repose import RePoseDM, as_repose_model  # noqa: E402
-from repose_core.errors import InputError  # noqa: E402
-from train.loop import LoopOptions, run_loop, write_options  # noqa: E402
-from train.common import (  # noqa: E402
+from repose_core.diffusion import GaussianDiffusion, drop_condition, linear_betas
+from repose_core.models.configs import CONFIG_NAMES, get_config
+from repose_core.models.repose import RePoseDM, as_repose_model
+from repose_core.errors import InputError
+from train.loop import LoopOptions, run_loop, write_options
+from train.common import (
     EMA, EpochBatchSampler, RunLogger, cleanup_distributed, image_grid, prepare_run_dir, resume_training_state,
     parse_options, restore_rng, run_script, save_training_state, setup_distributed, setup_logging,
 )

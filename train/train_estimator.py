@@ -32,22 +32,21 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: repose_core is beside train/
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from kornia.filters import gaussian_blur2d  # noqa: E402
-from kornia.geometry.transform import warp_affine  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+import torch
+from kornia.filters import gaussian_blur2d
+from kornia.geometry.transform import warp_affine
+from PIL import Image
 
-from repose_core.checkpoint import save_model  # noqa: E402
-from repose_core.errors import InputError  # noqa: E402
-from repose_core.estimator.decode import estimate_poses  # noqa: E402
-from repose_core.estimator.small_hrnet import SmallHRNet, SmallHRNetConfig  # noqa: E402
-from repose_core.guidance.targets import gaussian_heatmaps  # noqa: E402
-from repose_core.metrics import pose_accuracy  # noqa: E402
-from repose_core.pose import read_patn_annotations  # noqa: E402
-from repose_core.pose.keypoints import MIRROR, openpose18_to_coco17  # noqa: E402
+from repose_core.checkpoint import save_model
+from repose_core.errors import InputError
+from repose_core.estimator.decode import estimate_poses
+from repose_core.estimator.small_hrnet import SmallHRNet, SmallHRNetConfig
+from repose_core.guidance.targets import gaussian_heatmaps
+from repose_core.metrics import pose_accuracy
+from repose_core.pose import read_patn_annotations
+from repose_core.pose.keypoints import MIRROR, openpose18_to_coco17
 
 
 @dataclass

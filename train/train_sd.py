@@ -23,24 +23,22 @@ import contextlib
 import dataclasses
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")              # never reach the network for weights
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # repose_core beside train/
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from train.data import HumanSDDataset, load_humansd_records  # noqa: E402
-from repose_core.errors import InputError, MissingDependencyError  # noqa: E402
-from train.common import (  # noqa: E402
+from train.data import HumanSDDataset, load_humansd_records
+from repose_core.errors import InputError, MissingDependencyError
+from train.common import (
     EMA, EpochBatchSampler, RunLogger, image_grid, prepare_run_dir, resume_training_state, parse_options,
     restore_rng, run_script, save_training_state, setup_logging,
 )
-from train.loop import LoopOptions, run_loop, write_options  # noqa: E402
+from train.loop import LoopOptions, run_loop, write_options
 
 log = logging.getLogger("repose")
 
