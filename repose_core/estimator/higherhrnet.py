@@ -221,7 +221,52 @@ def _make_stage(num_modules: int, block, num_blocks, in_channels, channels, mult
     return nn.Sequential(*modules)
 
 
-class HigherHRNet(PoseEstimator):
+class HRNetBody(PoseEstimator):
+    """What HigherHRNet and SmallHRNet share (their ``__init__`` builds the modules under these names): the stem
+    (two stride-2 convs, ``layer1``, ``transition1`` into the first branches), the two-resolution head
+    (``final_layers[0]`` on the 1/4 feature, ``final_layers[1]`` after ``deconv_layers[0]`` at 1/2) and
+    ``forward_raw``. A subclass adds ``stages``: its HRNet stages 2..N, ending in the highest-resolution branch."""
+
+    conv1: nn.Conv2d
+    bn1: nn.BatchNorm2d
+    conv2: nn.Conv2d
+    bn2: nn.BatchNorm2d
+    relu: nn.ReLU
+    layer1: nn.Sequential
+    transition1: nn.ModuleList
+    final_layers: nn.ModuleList
+    deconv_layers: nn.ModuleList
+
+    def stem(self, x: Tensor) -> list[Tensor]:
+        """(B,3,H,W) normalised -> the first parallel branches (1/4 and 1/8 resolution)."""
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn2(self.conv2(x)))
+        x = self.layer1(x)
+        return [t(x) if t is not None else x for t in self.transition1]
+
+    def stages(self, xs: list[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def backbone(self, x: Tensor) -> Tensor:
+        """(B,3,H,W) normalised -> highest-resolution HRNet feature (B, width, H/4, W/4)."""
+        return self.stages(self.stem(x))
+
+    def head(self, feat: Tensor) -> list[Tensor]:
+        """feature (B,w,H/4,W/4) -> [out0 (B, out0 channels, H/4, W/4), out1 (B, J, H/2, W/2)]."""
+        out0 = self.final_layers[0](feat)
+        x = self.deconv_layers[0](torch.cat([feat, out0], dim=1))  # (B, w+out0, H/4, W/4) -> (B, w, H/2, W/2)
+        return [out0, self.final_layers[1](x)]
+
+    def forward_raw(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Normalised input (B,3,H,W), H and W multiples of ``size_multiple`` -> (1/4 feature, [out0, out1])."""
+        self.check_padded(x)
+        feat = self.backbone(x)
+        return feat, self.head(feat)
+
+    forward = forward_raw
+
+
+class HigherHRNet(HRNetBody):
     """HigherHRNet as a frozen ``PoseEstimator`` (see docs/DESIGN.md, "Estimator").
 
     ``forward_raw`` is the bare network on a normalised input (H, W multiples of 32). The high-level methods take
@@ -268,32 +313,13 @@ class HigherHRNet(PoseEstimator):
 
         self.freeze()
 
-    # --- bare network -------------------------------------------------------------------------------------------
-    def backbone(self, x: Tensor) -> Tensor:
-        """(B,3,H,W) normalised -> highest-resolution HRNet feature (B, width, H/4, W/4)."""
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.relu(self.bn2(self.conv2(x)))
-        x = self.layer1(x)
-        xs = [t(x) if t is not None else x for t in self.transition1]
+    def stages(self, xs: list[Tensor]) -> Tensor:
+        """Stages 2-4 (1, 4 and 3 HR modules) on the stem's branches -> the 1/4 branch of stage 4."""
         xs = self.stage2(xs)
         xs = _apply_transition(self.transition2, xs)
         xs = self.stage3(xs)
         xs = _apply_transition(self.transition3, xs)
         return self.stage4(xs)[0]
-
-    def head(self, feat: Tensor) -> list[Tensor]:
-        """feature (B,w,H/4,W/4) -> [out0 (B, 2J, H/4, W/4) heatmaps+tags, out1 (B, J, H/2, W/2)]."""
-        out0 = self.final_layers[0](feat)
-        x = self.deconv_layers[0](torch.cat([feat, out0], dim=1))  # (B, w+2J, H/4, W/4) -> (B, w, H/2, W/2)
-        return [out0, self.final_layers[1](x)]
-
-    def forward_raw(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Normalised input (B,3,H,W), H and W multiples of 32 -> (backbone feature, [out0, out1])."""
-        self.check_padded(x)
-        feat = self.backbone(x)
-        return feat, self.head(feat)
-
-    forward = forward_raw
 
     # --- PoseEstimator interface: normalise, pad, aggregate and crop come from the base class -------------------
     def heatmaps_and_tags(self, img01: Tensor) -> tuple[Tensor, Tensor]:

@@ -27,8 +27,9 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..pose.keypoints import COCO17
-from .base import PoseEstimator
-from .higherhrnet import BasicBlock, _apply_transition, _bn, _make_blocks, _make_stage, _make_transition
+from .higherhrnet import (
+    BasicBlock, HRNetBody, _apply_transition, _bn, _make_blocks, _make_stage, _make_transition,
+)
 
 ARCH = "small_hrnet"
 BUILDER = "small_hrnet"
@@ -75,7 +76,7 @@ class SmallHRNetConfig:
         return cls(**known)
 
 
-class SmallHRNet(PoseEstimator):
+class SmallHRNet(HRNetBody):
     """Small single-person HigherHRNet-style estimator (module docstring). Frozen and in eval mode once built;
     training scripts switch it with `trainable()`."""
 
@@ -114,30 +115,12 @@ class SmallHRNet(PoseEstimator):
         nn.Module.train(self, True)  # PoseEstimator.train() is a no-op on purpose
         return self
 
-    # --- bare network -------------------------------------------------------------------------------------------
-    def backbone(self, x: Tensor) -> Tensor:
-        """(B,3,H,W) normalised, H and W multiples of 16 -> 1/4 feature (B, width, H/4, W/4)."""
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.relu(self.bn2(self.conv2(x)))
-        x = self.layer1(x)
-        xs = [t(x) if t is not None else x for t in self.transition1]
+    def stages(self, xs: list[Tensor]) -> Tensor:
+        """Stages 2-3 on the stem's branches (input sides multiples of 16) -> the 1/4 branch of stage 3."""
         xs = self.stage2(xs)
         xs = _apply_transition(self.transition2, xs)
         return self.stage3(xs)[0]
 
-    def head(self, feat: Tensor) -> list[Tensor]:
-        """1/4 feature -> [out0 (B, J, H/4, W/4), out1 (B, J, H/2, W/2)]."""
-        out0 = self.final_layers[0](feat)
-        x = self.deconv_layers[0](torch.cat([feat, out0], dim=1))
-        return [out0, self.final_layers[1](x)]
-
-    def forward_raw(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Normalised input (B,3,H,W), H and W multiples of 16 -> (1/4 feature, [out0, out1])."""
-        self.check_padded(x)
-        feat = self.backbone(x)
-        return feat, self.head(feat)
-
-    forward = forward_raw
     # PoseEstimator interface: normalise, pad, aggregate and crop come from the base class.
 
 
