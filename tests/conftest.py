@@ -61,3 +61,17 @@ def shared_fixtures() -> Path:
                     f"part of the repository (git checkout them again)", pytrace=False)
     return FIXTURES
 
+
+
+@pytest.fixture(scope="session")
+def import_pack():
+    """Returns a function giving a fresh, independent copy of the node pack, imported the way ComfyUI imports
+    custom nodes (tests/comfyui_host/comfy_harness.py, loaded by path: that folder is not a package)."""
+    import importlib.util
+    import uuid
+
+    path = REPO_ROOT / "tests" / "comfyui_host" / "comfy_harness.py"
+    spec = importlib.util.spec_from_file_location("repose_comfy_harness", path)
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    return lambda: harness.import_pack_like_comfyui(REPO_ROOT, f"{REPO_ROOT}_x_{uuid.uuid4().hex}".replace(".", "_x_"))

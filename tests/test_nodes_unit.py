@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +20,9 @@ from repose_core.pose import PoseFrame, load_pose_file
 REPO = Path(__file__).resolve().parents[1]
 
 
-def import_pack():
-    name = f"{REPO}_x_unit{uuid.uuid4().hex}".replace(".", "_x_")
-    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
-def pack():
+def pack(import_pack):
     return import_pack()
 
 

@@ -8,10 +8,8 @@ Render / ControlNet nodes draw: a point is kept only when its confidence is >= 1
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import sys
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -49,14 +47,6 @@ def controlnet_aux_decode(frame: dict) -> list:
         out.append([(x, y) if c >= 1.0 else None for x, y, c in zip(flat[0::3], flat[1::3], flat[2::3])])
     return out
 
-
-def import_pack():
-    name = f"{REPO}_x_interop{uuid.uuid4().hex}".replace(".", "_x_")
-    spec = importlib.util.spec_from_file_location(name, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -170,7 +160,7 @@ class _Estimator:
         return self.module
 
 
-def test_pose_from_image_writes_confidences_controlnet_aux_keeps():
+def test_pose_from_image_writes_confidences_controlnet_aux_keeps(import_pack):
     from repose_core.estimator import build_estimator
     from PIL import Image
 
