@@ -75,3 +75,14 @@ def import_pack():
     harness = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(harness)
     return lambda: harness.import_pack_like_comfyui(REPO_ROOT, f"{REPO_ROOT}_x_{uuid.uuid4().hex}".replace(".", "_x_"))
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory):
+    """A tiny procedural dataset in the DeepFashion PATN layout (2 training identities x 2 poses, 1 test identity,
+    64x44) for the data and trainer tests; read-only."""
+    from repose_core.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, size=(64, 44), n_train_ids=2, n_test_ids=1, poses_per_id=2, seed=0)
+    return root

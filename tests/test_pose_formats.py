@@ -217,20 +217,6 @@ def test_openpose_json_body25_without_canvas(tmp_path, caplog):
     assert frame.width >= 131 and frame.height >= 240
 
 
-def test_openpose_json_malformed_names_line(tmp_path):
-    path = tmp_path / "bad.json"
-    path.write_text('{"people": [\n  {"pose_keypoints_2d": [1, 2,, 3]}\n]}')
-    with pytest.raises(PoseFormatError, match=r"malformed JSON.*file .*bad.json, line 2"):
-        read_openpose_json(path)
-
-
-def test_openpose_json_given_a_pose_keypoint_list(tmp_path):
-    path = tmp_path / "list.json"
-    path.write_text(json.dumps([dwpose_frame()]))
-    with pytest.raises(PoseFormatError, match="from_pose_keypoint"):
-        read_openpose_json(path)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # DeepFashion PATN csv
 
@@ -279,38 +265,15 @@ def test_patn_pairs_round_trip_and_index_column(tmp_path):
     assert read_patn_pairs(path) == [("x.jpg", "y.jpg")]
 
 
-def test_patn_pairs_bad_header(tmp_path):
-    path = tmp_path / "p.csv"
-    path.write_text("source,target\na,b\n")
-    with pytest.raises(PoseFormatError, match=r"expected 'from,to'.*line 1, field 'header'"):
-        read_patn_pairs(path)
-
-
-def test_patn_pairs_bad_row_names_line(tmp_path):
-    path = tmp_path / "p.csv"
-    path.write_text("from,to\na.jpg,b.jpg\nc.jpg\n")
-    with pytest.raises(PoseFormatError, match=r"line 3"):
-        read_patn_pairs(path)
-
-
-def test_patn_annotation_wrong_count_names_line_and_field(tmp_path):
+@pytest.mark.parametrize("good, bad, message", [
+    ("97]", "97, 5]", r"19 values, expected 18.*line 2, field 'keypoints_x'"),
+    ("[29, 56", "[29 56", r"malformed JSON list.*line 2, field 'keypoints_y'"),
+    ("[80, 83", "[NaN, 83", r"joint 0 \(nose\).*field 'keypoints_x'"),
+], ids=["wrong_count", "malformed_list", "nan"])
+def test_patn_annotation_errors_name_line_field_and_joint(tmp_path, good, bad, message):
     path = tmp_path / "a.csv"
-    path.write_text(PATN_SAMPLE.replace("97]", "97, 5]"))
-    with pytest.raises(PoseFormatError, match=r"19 values, expected 18.*line 2, field 'keypoints_x'"):
-        read_patn_annotations(path)
-
-
-def test_patn_annotation_malformed_list(tmp_path):
-    path = tmp_path / "a.csv"
-    path.write_text(PATN_SAMPLE.replace("[29, 56", "[29 56"))
-    with pytest.raises(PoseFormatError, match=r"malformed JSON list.*line 2, field 'keypoints_y'"):
-        read_patn_annotations(path)
-
-
-def test_patn_annotation_nan(tmp_path):
-    path = tmp_path / "a.csv"
-    path.write_text(PATN_SAMPLE.replace("[80, 83", "[NaN, 83"))
-    with pytest.raises(PoseFormatError, match=r"joint 0 \(nose\).*field 'keypoints_x'"):
+    path.write_text(PATN_SAMPLE.replace(good, bad))
+    with pytest.raises(PoseFormatError, match=message):
         read_patn_annotations(path)
 
 
@@ -327,6 +290,20 @@ def test_patn_annotation_bad_header_and_fields(tmp_path):
 def test_patn_writer_rejects_colon_in_name(tmp_path):
     with pytest.raises(PoseFormatError, match="without ':'"):
         write_patn_annotations(tmp_path / "a.csv", {"a:b.jpg": standing_pose()})
+
+
+@pytest.mark.parametrize("read, name, text, message", [
+    (read_openpose_json, "bad.json", '{"people": [\n  {"pose_keypoints_2d": [1, 2,, 3]}\n]}',
+     r"malformed JSON.*file .*bad.json, line 2"),
+    (read_openpose_json, "list.json", json.dumps([dwpose_frame()]), "from_pose_keypoint"),   # a POSE_KEYPOINT list
+    (read_patn_pairs, "p.csv", "source,target\na,b\n", r"expected 'from,to'.*line 1, field 'header'"),
+    (read_patn_pairs, "p.csv", "from,to\na.jpg,b.jpg\nc.jpg\n", r"line 3"),
+], ids=["openpose_json_syntax", "openpose_json_pose_keypoint_list", "patn_pairs_header", "patn_pairs_short_row"])
+def test_malformed_files_name_the_place_and_the_fix(tmp_path, read, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(PoseFormatError, match=message):
+        read(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------

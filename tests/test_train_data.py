@@ -17,7 +17,6 @@ from repose_core.errors import InputError
 from repose_core.pose import (
     Pose, PoseFrame, write_gfla_pairs, write_gfla_pose, write_humansd_npz, write_patn_annotations, write_patn_pairs,
 )
-from repose_core.synthetic import generate_dataset
 
 
 def _pose(w, h, seed=0):
@@ -29,12 +28,6 @@ def _pose(w, h, seed=0):
     kp[16] = 0                            # one missing joint
     return Pose(kp, w, h, "openpose18")
 
-
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    generate_dataset(root, size=(64, 44), n_train_ids=2, n_test_ids=1, poses_per_id=2, seed=0)
-    return root
 
 
 def test_patn_layout_items(synth):

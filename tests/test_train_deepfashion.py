@@ -29,13 +29,6 @@ FAST = ["--preset", "tiny", "--batch-size", "1", "--num-workers", "0", "--log-ev
         "--rpa-iterations", "1"]
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    from repose_core.synthetic import generate_dataset
-    root = tmp_path_factory.mktemp("synth_df")
-    generate_dataset(root, size=(64, 44), n_train_ids=2, n_test_ids=1, poses_per_id=2, seed=0)
-    return root
-
 
 def _log(run):
     return [json.loads(x) for x in (Path(run) / "log.jsonl").read_text().splitlines()]
@@ -156,20 +149,7 @@ def test_guided_loss_changes_the_target(synth):
     """--guided-loss: ε̃ = ε − √(1−ᾱ)·η·∇G moves the MSE target (η = 0 leaves it at ε)."""
     from train.data import PoseTransferDataset, load_records
 
-    class TinyEstimator(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.f = torch.nn.Conv2d(3, 8, 3, stride=4, padding=1)
-            self.h = torch.nn.Conv2d(3, 17, 3, stride=2, padding=1)
-
-        def features(self, img01):
-            return self.f(img01)
-
-        def heatmaps(self, img01):
-            return torch.sigmoid(self.h(img01))
-
-        def features_and_heatmaps(self, img01):
-            return self.features(img01), self.heatmaps(img01)
+    from stand_ins import TinyEstimator
 
     torch.manual_seed(0)
     est = TinyEstimator().eval()

@@ -87,20 +87,7 @@ def test_guided_loss_changes_the_target(tiny_sd, humansd_data):
     from train.data import HumanSDDataset, load_humansd_records
     from train.train_sd import Options, expand_conv_in, load_stable_diffusion, sd_loss
 
-    class TinyEstimator(torch.nn.Module):     # PoseEstimator interface: features / heatmaps on RGB [0, 1]
-        def __init__(self):
-            super().__init__()
-            self.f = torch.nn.Conv2d(3, 8, 3, stride=4, padding=1)
-            self.h = torch.nn.Conv2d(3, 17, 3, stride=2, padding=1)
-
-        def features(self, img01):
-            return self.f(img01)
-
-        def heatmaps(self, img01):
-            return torch.sigmoid(self.h(img01))
-
-        def features_and_heatmaps(self, img01):
-            return self.features(img01), self.heatmaps(img01)
+    from stand_ins import TinyEstimator
 
     unet, vae, text_encoder, tokenizer, scheduler = load_stable_diffusion(str(tiny_sd))
     expand_conv_in(unet)
