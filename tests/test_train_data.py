@@ -91,7 +91,12 @@ def test_market_layout(tmp_path):
     pose = _pose(64, 128)
     write_patn_annotations(tmp_path / "market-annotation-train.csv", {"0001_c1.jpg": pose, "0001_c2.jpg": pose})
     ds = PoseTransferDataset(load_records(tmp_path, "market", "train"), (128, 64))
-    assert ds[0]["source"].shape == (3, 128, 64)
+    item = ds[0]
+    assert item["source"].shape == (3, 128, 64)
+    torch.testing.assert_close(item["source"], torch.full((3, 128, 64), 90 / 127.5 - 1))   # the image, in [-1, 1]
+    vis = pose.keypoints[:, 2] > 0
+    np.testing.assert_allclose(item["target_keypoints"].numpy()[vis, :2], np.round(pose.keypoints[vis, :2]),
+                               atol=1e-4)                        # Market's csv frame is the 128x64 image itself
 
 
 def _marked(H, W, pose):
