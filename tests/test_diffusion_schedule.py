@@ -62,6 +62,11 @@ def test_q_sample_keeps_dtype_and_checks_inputs(diffusion):
         diffusion.q_sample(x0, torch.tensor([0, 1000]))
     with pytest.raises(InputError, match="noise shape"):
         diffusion.q_sample(x0, torch.tensor([0, 1]), torch.zeros(2, 3, 4, 5))
+    torch.testing.assert_close(diffusion.q_sample(x0.float(), 7, torch.ones(2, 3, 4, 4)),
+                               diffusion.q_sample(x0.float(), torch.tensor([7, 7]), torch.ones(2, 3, 4, 4)))
+    for not_a_timestep in (True, 2.5, "3"):                       # a Python int is one timestep for the batch
+        with pytest.raises(InputError, match="integer"):
+            diffusion.q_sample(x0, not_a_timestep)
 
 
 def test_eps_x0_round_trip(diffusion):

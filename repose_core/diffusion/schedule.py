@@ -18,6 +18,7 @@ multiply, so float32/float16 inputs keep their dtype while the schedule itself n
 from __future__ import annotations
 
 import math
+import numbers
 from typing import overload
 
 import numpy as np
@@ -134,6 +135,8 @@ class GaussianDiffusion:
 
     def _check_t(self, t: Tensor | int, x: Tensor) -> Tensor:
         if not isinstance(t, Tensor):
+            if isinstance(t, bool) or not isinstance(t, numbers.Integral):  # True is an int to Python, not a timestep
+                raise InputError(f"timestep t must be an integer or an integer tensor, got {t!r}")
             t = torch.full((x.shape[0],), int(t), dtype=torch.long, device=x.device)
         if t.dtype.is_floating_point or t.dtype == torch.bool or t.dtype.is_complex:
             raise InputError(f"timestep tensor t must have an integer dtype (torch.long), got {t.dtype}")

@@ -58,7 +58,7 @@ class AppearanceCond:
 
     def _map(self, fn: Callable[[Tensor], Tensor]) -> "AppearanceCond":
         opt = lambda x: None if x is None else fn(x)  # noqa: E731
-        return AppearanceCond([opt(f) for f in self.features],  # type: ignore[misc]  # None entries stay None
+        return AppearanceCond([fn(f) for f in self.features],
                               opt(self.flow), [fn(w) for w in self.warped],
                               [fn(p) for p in self.previews], opt(self.aligned_source))
 
