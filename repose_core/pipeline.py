@@ -34,7 +34,7 @@ from .estimator import build_estimator
 from .models.codec import Codec, IdentityCodec, PixelUnshuffleCodec
 from .pose import Pose, PoseFrame, fit_params, render_pidm_pose_map, resize_image, retarget_pose, transform_pose
 from .pose.keypoints import to_layout
-from .transfer_ops import aligned_start_t, sample
+from .transfer_ops import align, aligned_start_t, sample
 
 log = logging.getLogger("repose")
 
@@ -308,30 +308,26 @@ class PoseTransferPipeline:
         dtype = next(self.model.parameters()).dtype
         Hm, Wm = self.size
         # 2. conditioning
-        with torch.no_grad():
-            src_img = torch.from_numpy(np.stack(canvas_imgs)).permute(0, 3, 1, 2).to(device=device, dtype=dtype)
-            z_src = self.codec.encode(src_img * 2 - 1)  # (B, C, h, w)
-            pose_px = torch.from_numpy(np.stack([render_pidm_pose_map(p, Hm, Wm) for p in canvas_poses]))
-            pose_map = self.model.encode_pose(pose_px.permute(0, 3, 1, 2).to(device=device, dtype=dtype),
-                                              size=(z_src.shape[-2], z_src.shape[-1]))
-            cond = self.model.prepare(z_src, pose_map, progress=tick if n_rpa else None)
-            null = self.model.null_cond(cond)
-            warped = [self._to_numpy01(self.codec.decode(w)) for w in cond.warped]
+        src_img = torch.from_numpy(np.stack(canvas_imgs)).permute(0, 3, 1, 2).to(device=device, dtype=dtype)
+        pose_px = torch.from_numpy(np.stack([render_pidm_pose_map(p, Hm, Wm) for p in canvas_poses]))
+        al = align(self.model, src_img * 2 - 1, pose_px.permute(0, 3, 1, 2).to(device=device, dtype=dtype),
+                   progress=tick if n_rpa else None)     # the core's one conditioning step
+        warped = [self._to_numpy01(w) for w in al.previews]
 
         # 3. sampling (the core's one loop: transfer_ops.sample)
         hook = self._guidance(guidance, canvas_poses, total_steps, B) if guidance else None
         if clip_x0 is None:
             clip_x0 = isinstance(self.codec, (IdentityCodec, PixelUnshuffleCodec))
-        z0 = sample(self.model, self.diffusion, pose_map, cond, null, steps=steps, cfg=cfg_w, eta=eta,
+        z0 = sample(self.model, self.diffusion, al.pose_map, al.cond, al.null_cond, steps=steps, cfg=cfg_w, eta=eta,
                     generator=torch.Generator(device="cpu").manual_seed(int(seed)), x0_hook=hook,
                     callback=lambda info: tick(), spacing=spacing, clip_x0=clip_x0, aligned_start=aligned_start,
-                    warped=cond.warped[-1] if cond.warped else None, final_timestep=final_t)
+                    warped=al.aligned, final_timestep=final_t)
         with torch.no_grad():
             canvas_out = self._to_numpy01(self.codec.decode(z0))
 
         # 4. back to the source size
         images = [self.from_canvas(c, p) for c, p in zip(canvas_out, placements)]
-        return TransferResult(images=images, canvas_images=canvas_out, warped=warped, flow=cond.flow,
+        return TransferResult(images=images, canvas_images=canvas_out, warped=warped, flow=al.flow,
                               target_poses=frame_poses, canvas_poses=canvas_poses,
                               guidance_history=list(hook.history) if hook is not None else [], seed=int(seed),
                               steps=total_steps, seconds=time.perf_counter() - start)

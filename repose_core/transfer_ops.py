@@ -100,20 +100,24 @@ class Alignment:
     source_z: Tensor             # (B, C, h, w) diffusion space
     previews: list[Tensor]       # decoded warped source per RPA iteration, (B, 3, H, W) in [-1, 1]; [] for b1
     flow: Tensor | None          # (B, 2, h, w) final RPA flow, diffusion pixels; None for b1
+    aligned: Tensor | None       # (B, C, h, w) RPA's last warped source, diffusion space (`sample`'s aligned_start)
 
 
 @torch.no_grad()
 def align(model: RePoseDM, source: Tensor, pose: Tensor, iterations: int | None = None,
-          progress: Callable | None = None) -> Alignment:
-    """Encode source (B, 3, H, W) in [-1, 1] and pixel-resolution pose (B, P, H, W), run `prepare` (RPA for b2/full)
-    with decoded previews. Sizes must already be paired (see `pair_batches`)."""
+          progress: Callable | None = None, previews: bool = True) -> Alignment:
+    """The core's one conditioning step (pipeline, nodes, training sample grids, generation, ablation): encode the
+    source (B, 3, H, W) in [-1, 1] and the pixel-resolution pose (B, P, H, W), run `prepare` (RPA for b2/full,
+    paper Sec. 3.2) and make CFG's ∅. previews: decode each RPA iteration's warp for display (b2/full). Sizes must
+    already be paired (see `pair_batches`)."""
     source_z = model.encode_source(source)
     pose_map = model.encode_pose(pose.to(source.dtype), size=(source_z.shape[-2], source_z.shape[-1]))
-    cond = model.prepare(source_z, pose_map, progress=progress, decode_previews=model.rpa is not None,
+    cond = model.prepare(source_z, pose_map, progress=progress, decode_previews=previews and model.rpa is not None,
                          iterations=_checked_iterations(iterations))
     null = model.null_cond(cond)
-    return Alignment(cond=cond.features_only(), null_cond=null.features_only(),
-                     pose_map=pose_map, source_z=source_z, previews=list(cond.previews), flow=cond.flow)
+    return Alignment(cond=cond.features_only(), null_cond=null.features_only(), pose_map=pose_map,
+                     source_z=source_z, previews=list(cond.previews), flow=cond.flow,
+                     aligned=cond.warped[-1] if cond.warped else None)
 
 
 @torch.no_grad()

@@ -208,16 +208,16 @@ def source_gain(pipe, sources, poses, targets01, ts=(100, 500, 900), n: int = 30
     ground-truth target, with x_t made from that target at a few t (0 = the source is ignored, 1 = it explains every
     error the pose alone leaves). Unlike |ε(src) − ε(∅)| / |ε| it does not vanish at high t, where ε ≈ x_t."""
     from repose_core.pose import render_pidm_pose_map
+    from repose_core.transfer_ops import align
 
     model, codec = pipe.model, pipe.codec
     H, W = pipe.size
     src = torch.from_numpy(np.stack(sources[:n])).permute(0, 3, 1, 2).float() / 127.5 - 1
     tgt = torch.from_numpy(targets01[:n]).permute(0, 3, 1, 2).float() * 2 - 1
-    z_src, x0 = codec.encode(src), codec.encode(tgt)
-    pm = torch.from_numpy(np.stack([render_pidm_pose_map(p, H, W) for p in poses[:n]])).permute(0, 3, 1, 2)
-    pm = model.encode_pose(pm, size=tuple(x0.shape[-2:]))
-    cond = model.prepare(z_src, pm).features_only()
-    null = model.null_cond(cond)
+    x0 = codec.encode(tgt)
+    pose_px = torch.from_numpy(np.stack([render_pidm_pose_map(p, H, W) for p in poses[:n]])).permute(0, 3, 1, 2)
+    al = align(model, src, pose_px, previews=False)                # the core's one conditioning step
+    pm, cond, null = al.pose_map, al.cond, al.null_cond
     gen = torch.Generator().manual_seed(0)
     out = {}
     for t in ts:

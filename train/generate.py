@@ -107,9 +107,9 @@ def main(argv=None) -> int:
     if not opts.model or not (opts.data_root or opts.list):
         raise InputError("--model and one of --data-root (test pairs) or --list (jobs file) are required")
     model = as_repose_model(load_model(opts.model, device=dist.device)).eval()   # repose_dm, or a converted PIDM
-    codec, diffusion = load_codec(model, opts.vae).to(dist.device), model_diffusion(model)
+    load_codec(model, opts.vae).to(dist.device)                      # latent models: the VAE, on the model
+    diffusion = model_diffusion(model)
     H, W = (int(v) for v in opts.size) if all(opts.size) else model.config.image_size
-    f = codec.factor
     render = render_pidm_pose_map if model.config.pose_encoding == "pidm20" else render_openpose
     jobs = dataset_jobs(opts) if opts.data_root else list_jobs(opts)
     out = Path(opts.out)
@@ -126,12 +126,11 @@ def main(argv=None) -> int:
         sources = torch.stack([to_tensor_pm1(resize_image(read_image(jobs[i].source), H, W)) for i in idx])
         poses = [resize_pose(jobs[i].pose, W, H) for i in idx]
         pose_pixels = torch.stack([torch.from_numpy(render(p, H, W)).permute(2, 0, 1) for p in poses])
-        pose_maps = model.encode_pose(pose_pixels.to(dist.device), size=(H // f, W // f))   # diffusion space
         images = []
         for k, i in enumerate(idx):       # per-item seed: the output does not depend on batching or sharding
             gen = torch.Generator().manual_seed(opts.seed + i)
-            img, _ = transfer(model, codec, diffusion, sources[k:k + 1].to(dist.device),
-                              pose_maps[k:k + 1].to(dist.device), steps=opts.steps, cfg_scale=opts.cfg_scale,
+            img, _ = transfer(model, diffusion, sources[k:k + 1].to(dist.device),
+                              pose_pixels[k:k + 1].to(dist.device), steps=opts.steps, cfg_scale=opts.cfg_scale,
                               generator=gen)
             images.append(img[0])
         for i, img in zip(idx, images):

@@ -1,15 +1,16 @@
-"""Pose transfer with a trained PoseTransferModel (DESIGN.md calling convention): CFG + DDIM, optional guidance hook.
+"""Pose transfer for the training tools: the core's conditioning and sampling steps (`repose_core.transfer_ops`)
+on tensors, plus loading a latent model's codec.
 
-Used by train_deepfashion.py (sample grids), generate.py (batch generation) and bench/. The high-level pipeline used
-by the nodes lives in repose_core; this is the small loop the training tools need.
+Used by train_deepfashion.py (sample grids) and generate.py (batch generation). The pipeline for images and poses
+(what the demo and ablation use) is `repose_core.pipeline`; the nodes call the same two steps one node at a time.
 """
 from __future__ import annotations
-
 
 import torch
 from torch import Tensor
 
 from repose_core.diffusion import GaussianDiffusion, linear_betas
+from repose_core.transfer_ops import Alignment, align, sample
 
 
 def load_codec(model, vae: str = ""):
@@ -32,16 +33,15 @@ def model_diffusion(model) -> GaussianDiffusion:
 
 
 @torch.no_grad()
-def transfer(model, codec, diffusion: GaussianDiffusion, source: Tensor, pose_map: Tensor, *, steps: int = 50,
+def transfer(model, diffusion: GaussianDiffusion, source: Tensor, pose: Tensor, *, steps: int = 50,
              cfg_scale: float = 2.0, eta: float = 0.0, generator: torch.Generator | None = None, x0_hook=None,
-             progress=None) -> tuple[Tensor, object]:
-    """source (B, 3, H, W) in [-1, 1], pose_map (B, P, h, w) at diffusion resolution -> (image (B, 3, H, W) in
-    [-1, 1], AppearanceCond). PIDM's single-scale CFG (∅ = zero source), w = cfg_scale (PIDM/paper: 2), DDIM: the
-    core's `transfer_ops.sample`, the loop the pipeline and the nodes' previews use too."""
-    from repose_core.transfer_ops import sample
-
-    cond = model.prepare(codec.encode(source), pose_map)           # source in diffusion space
+             progress=None, previews: bool = False) -> tuple[Tensor, Alignment]:
+    """source (B, 3, H, W) in [-1, 1], pose (B, P, H, W) at pixel resolution -> (image (B, 3, H, W) in [-1, 1],
+    the core's Alignment). PIDM's single-scale CFG (∅ = zero source), w = cfg_scale (PIDM/paper: 2), DDIM: the core's
+    `transfer_ops.align` and `transfer_ops.sample`, the steps the pipeline and the nodes run too. previews: decode
+    RPA's warps into `Alignment.previews` (the training sample grids show the last one)."""
+    al = align(model, source, pose, previews=previews)
     clip = model.config.codec in ("pixel", "unshuffle2", "unshuffle4")   # their space is the image: exact clamp
-    z = sample(model, diffusion, pose_map.to(source.dtype), cond, model.null_cond(cond), steps=steps, cfg=cfg_scale,
-               eta=eta, generator=generator, x0_hook=x0_hook, callback=progress, clip_x0=clip)
-    return codec.decode(z).clamp(-1, 1), cond
+    z = sample(model, diffusion, al.pose_map, al.cond, al.null_cond, steps=steps, cfg=cfg_scale, eta=eta,
+               generator=generator, x0_hook=x0_hook, callback=progress, clip_x0=clip)
+    return model.codec.decode(z).clamp(-1, 1), al

@@ -243,14 +243,13 @@ def training_loss(step_module, model, diffusion, batch, opts: Options, noise_gen
 def sample_grid(ema_model, diffusion, batch, opts: Options, device, n: int = 4) -> torch.Tensor:
     """Rows of source | pose | warped | sample | target, in [0, 1]."""
     from train.sampling import transfer
-    codec = ema_model.codec
     source, target = batch["source"][:n].to(device), batch["target"][:n].to(device)
     pose_pixels = batch["target_pose_map"][:n].to(device)                  # pixel resolution
-    pose_map = ema_model.encode_pose(pose_pixels, size=codec.encode(source[:1]).shape[-2:])
     gen = torch.Generator().manual_seed(opts.seed)
-    sample, cond = transfer(ema_model, codec, diffusion, source, pose_map, steps=opts.sample_steps, generator=gen)
+    sample, al = transfer(ema_model, diffusion, source, pose_pixels, steps=opts.sample_steps, generator=gen,
+                          previews=True)
     pose_rgb = pose_pixels[:, :3].float()                                  # skeleton (RGB channels), [0, 1]
-    warped = codec.decode(cond.warped[-1]).clamp(-1, 1) if cond.warped else torch.zeros_like(source)
+    warped = al.previews[-1].clamp(-1, 1) if al.previews else torch.zeros_like(source)
     rows = [[(source[i] + 1) / 2, pose_rgb[i], (warped[i] + 1) / 2, (sample[i] + 1) / 2, (target[i] + 1) / 2]
             for i in range(source.shape[0])]
     return image_grid([[v.float().cpu() for v in r] for r in rows])
