@@ -116,14 +116,14 @@ def free(device: torch.device) -> None:
 def build_model(preset: str, variant: str, device: torch.device, dtype: torch.dtype) -> tuple[RePoseDM, str]:
     """Random-init model on the device; returns (model, codec description)."""
     torch.manual_seed(0)
-    cfg = get_config(preset, variant)
-    codec, codec_kind = None, cfg.codec
-    if cfg.codec == "sd_vae":
+    config = get_config(preset, variant)
+    codec, codec_kind = None, config.codec
+    if config.codec == "sd_vae":
         codec, codec_kind = sd_vae_codec()
     if codec is not None:
         codec = codec.to(device, dtype).eval().requires_grad_(False)  # the codec is not a submodule of the model
     with torch.device(device):  # parameters allocated on the GPU directly (random init of 180 M params is slow on CPU)
-        model = RePoseDM(cfg, codec=codec) if codec is not None else RePoseDM(cfg)
+        model = RePoseDM(config, codec=codec) if codec is not None else RePoseDM(config)
     return model.to(device, dtype).eval().requires_grad_(False), codec_kind
 
 
@@ -283,9 +283,9 @@ def section_rpa(plan: Plan, record) -> None:
     from bench_rpa import rpa_implementation, rpa_inputs, rpa_module  # before = pre issue 14, after = default
     device = plan.device
     for preset in plan.rpa_presets:
-        cfg, rpa = rpa_module(preset, device)
+        config, rpa = rpa_module(preset, device)
         for B in plan.rpa_batches:
-            src, pose = rpa_inputs(cfg, B, device)
+            src, pose = rpa_inputs(config, B, device)
 
             def forward():
                 with torch.no_grad():
@@ -297,10 +297,9 @@ def section_rpa(plan: Plan, record) -> None:
                 rpa.zero_grad(set_to_none=True)
 
             for mode, fn in (("forward", forward), ("forward_backward", forward_backward)):
-                row = dict(section="rpa", preset=preset, rpa_grid=[-(-cfg.diffusion_size[0] // cfg.rpa.downsample),
-                                                                   -(-cfg.diffusion_size[1] // cfg.rpa.downsample)],
-                           region_radii=list(cfg.rpa.region_radii), batch=B, mode=mode, dtype="float32",
-                           iterations=cfg.rpa.iterations)
+                grid = [-(-side // config.rpa.downsample) for side in config.diffusion_size]
+                row = dict(section="rpa", preset=preset, rpa_grid=grid, region_radii=list(config.rpa.region_radii),
+                           batch=B, mode=mode, dtype="float32", iterations=config.rpa.iterations)
 
                 def run(row=row, fn=fn):
                     for impl in ("before", "after"):

@@ -231,7 +231,7 @@ class PoseTransferPipeline:
 
     def progress_total(self, steps: int, spacing: str = "pidm", final_timestep: int | None = None) -> int:
         """Units `transfer` reports to `progress`: RPA iterations + sampling steps (same arguments as `transfer`)."""
-        n_rpa = self.model.rpa.cfg.iterations if self.model.rpa is not None else 0
+        n_rpa = self.model.rpa.config.iterations if self.model.rpa is not None else 0
         final_t = self.model.config.final_timestep if final_timestep is None else final_timestep
         return n_rpa + len(spaced_timesteps(self.diffusion.num_timesteps, steps, spacing, int(final_t)))
 
@@ -296,7 +296,7 @@ class PoseTransferPipeline:
             frame_poses.append(tgt)
             canvas_poses.append(self.pose_to_canvas(tgt, p))
 
-        n_rpa = self.model.rpa.cfg.iterations if self.model.rpa is not None else 0
+        n_rpa = self.model.rpa.config.iterations if self.model.rpa is not None else 0
         done = [0]
 
         def tick(_=None, __=None):

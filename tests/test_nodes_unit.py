@@ -238,7 +238,7 @@ def test_align_runs_the_requested_rpa_iterations_and_keeps_the_default():
     calls = []
     result = align(model, source, pose, iterations=2, progress=lambda i, n: calls.append((i, n)))
     assert calls == [(1, 2), (2, 2)] and len(result.previews) == 2
-    assert model.rpa.cfg.iterations == get_config("tiny", "b2").rpa.iterations          # the model config is untouched
+    assert model.rpa.config.iterations == get_config("tiny", "b2").rpa.iterations          # the model config is untouched
     assert result.previews[0].shape == (1, 3, 64, 44) and result.flow.shape == (1, 2, 32, 22)
     assert result.cond.flow is None and result.cond.warped == []                        # only what sampling needs
     assert len(result.null_cond.features) == len(result.cond.features)

@@ -186,7 +186,7 @@ class RePoseDM(nn.Module):
             return AppearanceCond(features=self.net.encode(self._pad(source)))
 
         rpa: RPAOutput = self.rpa(source, pose_map, iterations=iterations, progress=progress)
-        if self.rpa.cfg.warp_space == "image":  # eq. 9: encoder of the warped source
+        if self.rpa.config.warp_space == "image":  # eq. 9: encoder of the warped source
             features = self.net.encode(self._pad(rpa.warped[-1]))
         else:  # warp every encoder level of the unwarped source with the flow resized to it
             flow = self._pad(rpa.flow, mode="replicate")

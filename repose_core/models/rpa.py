@@ -492,7 +492,7 @@ class RecurrentPoseAlignment(nn.Module):
 
     def __init__(self, cfg: RPAConfig):
         super().__init__()
-        self.cfg = cfg
+        self.config = cfg
         self.source_encoder = ConvEncoder(cfg.source_channels, cfg.depth, cfg.downsample)
         self.pose_encoder = ConvEncoder(cfg.pose_channels, cfg.depth, cfg.downsample)
         self.mapformer = MapFormer(cfg)
@@ -514,7 +514,7 @@ class RecurrentPoseAlignment(nn.Module):
         """source (B, C_s, H, W) and pose_map (B, C_p, H, W), both in diffusion space.
 
         `progress(i, n)` is called after each iteration i = 1..n (ComfyUI progress bar / cancellation)."""
-        cfg = self.cfg
+        cfg = self.config
         n_iter = cfg.iterations if iterations is None else int(iterations)
         self._check_inputs(source, pose_map, n_iter)
         H, W = source.shape[-2:]
@@ -549,10 +549,10 @@ class RecurrentPoseAlignment(nn.Module):
         """One iteration's ΔF^{n+1} (eq. 5, 6, 9) from the current warp of the source."""
         source_feat = source_feat0
         if n > 0:  # eq. 9: features of the source warped by the current flow
-            source_feat = self.source_encoder(warped_p) if self.cfg.warp_space == "image" else warp(source_feat0,
+            source_feat = self.source_encoder(warped_p) if self.config.warp_space == "image" else warp(source_feat0,
                                                                                                      flow_lr)
         fs, ft = self.mapformer(source_feat, target_feat)  # eq. 5
-        return self.aggregator(correlation_volume(ft, fs, self.cfg.corr_radius))  # eq. 6
+        return self.aggregator(correlation_volume(ft, fs, self.config.corr_radius))  # eq. 6
 
     CHECKPOINT_MIN_TOKENS = 2048  # checkpointing=None: checkpoint from this RPA grid size on (deepfashion256: 2816)
 
@@ -573,7 +573,7 @@ class RecurrentPoseAlignment(nn.Module):
         return fn(*args)
 
     def _check_inputs(self, source: Tensor, pose_map: Tensor, n_iter: int) -> None:
-        cfg = self.cfg
+        cfg = self.config
         if source.ndim != 4 or source.shape[1] != cfg.source_channels:
             raise InputError(
                 f"RPA source must be (B, {cfg.source_channels}, H, W) in diffusion space, got {tuple(source.shape)}"
