@@ -10,7 +10,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,31 +78,27 @@ def tampered():
 '''
 
 
-def _nodes_package() -> Path:
-    """The pack imports as a package (relative imports): a temp dir holding it as `pack`, for the child's PYTHONPATH."""
-    d = Path(tempfile.mkdtemp(prefix="repose_bench_"))
-    (d / "pack").symlink_to(ROOT, target_is_directory=True)
-    return d
+# The pack imports as a package (relative imports): the child imports it as `pack` from its folder, the way
+# ComfyUI imports a custom node; cwd = the checkout puts repose_core on the child's path (python -c).
+IMPORT_PACK = ("import importlib.util, sys\n"
+               "spec = importlib.util.spec_from_file_location('pack', 'pack_init', submodule_search_locations=['.'])\n"
+               "sys.modules['pack'] = pack = importlib.util.module_from_spec(spec); spec.loader.exec_module(pack)\n")
 
 
-def measure(code: str, pack_dir: Path) -> dict:
-    script = ("import resource, sys\n"
-              "import importlib; importlib.import_module('pack')\n"
-              + PRELUDE + code +
-              "\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+def measure(code: str) -> dict:
+    script = ("import resource\n" + IMPORT_PACK.replace("'pack_init'", repr(str(ROOT / "__init__.py")))
+              + PRELUDE + code + "\nprint(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=1800,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-                              [str(pack_dir), str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])))
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
     if proc.returncode != 0:
         return {"ok": False, "error": proc.stderr.strip().splitlines()[-1:]}
     return {"ok": True, "peak_rss_mib": round(int(proc.stdout.strip().splitlines()[-1]) / 1024, 1)}
 
 
 def main() -> int:
-    pack_dir = _nodes_package()
     results = {}
     for name, code in CASES.items():
-        results[name] = measure(code, pack_dir)
+        results[name] = measure(code)
         print(f"{name:70s} {results[name]}", flush=True)
     out = ROOT / "bench" / "results" / "input_bounds.json"
     out.write_text(json.dumps({"command": "python bench/bench_input_bounds.py", "threads": 1,
