@@ -62,7 +62,6 @@ def shared_fixtures() -> Path:
     return FIXTURES
 
 
-
 @pytest.fixture(scope="session")
 def import_pack():
     """Returns a function giving a fresh, independent copy of the node pack, imported the way ComfyUI imports
