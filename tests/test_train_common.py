@@ -272,3 +272,9 @@ def test_both_trainers_run_from_the_repository_root_on_the_one_loop(script, inst
     for flag in ("--max-minutes", "--resume", "--overwrite", "--save-every", "--grad-accum", "--warmup-steps"):
         assert flag in r.stdout, flag
     assert "sys.path" not in (root / script).read_text(encoding="utf-8")
+    # without an install: `python -m train.<script>` from the repository root (README)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    module = script.removesuffix(".py").replace("/", ".")
+    r = subprocess.run([sys.executable, "-m", module, "--help"], cwd=root, capture_output=True, text=True,
+                       timeout=120, env=env)
+    assert r.returncode == 0 and "--max-minutes" in r.stdout, r.stderr
