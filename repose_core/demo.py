@@ -69,8 +69,11 @@ def read_image(path) -> np.ndarray:
 
 
 def read_single_pose(path, image_name: str | None, width: int, height: int) -> Pose:
-    """First person of the first frame of a pose file (canvas defaults to the source image's size)."""
-    frames = load_pose_file(path, width=width, height=height, image_name=image_name)
+    """First person of the first frame of a pose file. A file without a canvas of its own takes the source image's
+    size; DeepFashion's PATN .csv and GFLA .txt keep their dataset frame (176x256), whatever the image's size (a
+    512x352 image's annotation is in that frame too), and the pipeline fits it onto the image."""
+    own_frame = Path(path).suffix.lower() in (".csv", ".txt")
+    frames = load_pose_file(path, image_name=image_name, **({} if own_frame else dict(width=width, height=height)))
     people = [p for f in frames for p in f.people]
     if not people:
         raise ReposeError(f"{path}: the pose file has no person; give a pose with at least one person")

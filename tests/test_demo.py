@@ -13,7 +13,9 @@ import pytest
 from PIL import Image
 
 from repose_core import demo
-from repose_core.pose import PoseFrame, load_pose_file, write_openpose_json, write_patn_annotations
+from repose_core.pose import (
+    PoseFrame, load_pose_file, read_patn_annotations, resize_pose, write_openpose_json, write_patn_annotations,
+)
 
 FILES_PER_ITEM = ("full_guided", "full_unguided", "b1", "warped")
 
@@ -77,11 +79,23 @@ def test_deepfashion_annotation_pose(tmp_path, capsys, example_dir):
     src = example_dir / "64x44" / "source_0.png"
     pose = load_pose_file(example_dir / "64x44" / "target_pose_0.json")[0].people[0]
     ann = tmp_path / "fasion-resize-annotation-test.csv"
-    write_patn_annotations(ann, {"wanted.jpg": pose})
+    write_patn_annotations(ann, {"wanted.jpg": resize_pose(pose, 176, 256)})   # the csv's frame is 256x176
     code, _, _ = _run(["--out", str(tmp_path / "o"), "--weights-dir", str(tmp_path / "none"), "--source", str(src),
                        "--pose", str(ann), "--image-name", "wanted.jpg", "--steps", "3", "--no-progress"], capsys)
     assert code == 0
-    assert (tmp_path / "o" / "source_0_full_guided.png").is_file()
+    # the annotation's pose is the one used: the same pose as an OpenPose JSON gives the same images
+    as_json = tmp_path / "same.json"
+    read_back = read_patn_annotations(ann)["wanted.jpg"]                 # PATN's 176x256 frame
+    write_openpose_json(as_json, PoseFrame([read_back], read_back.width, read_back.height))
+    code, _, _ = _run(["--out", str(tmp_path / "j"), "--weights-dir", str(tmp_path / "none"), "--source", str(src),
+                       "--pose", str(as_json), "--steps", "3", "--no-progress"], capsys)
+    assert code == 0
+    for suffix in ("full_guided", "warped"):
+        a, b = (np.asarray(Image.open(tmp_path / d / f"source_0_{suffix}.png")) for d in ("o", "j"))
+        np.testing.assert_array_equal(a, b)
+    code, _, err = _run(["--out", str(tmp_path / "x"), "--weights-dir", str(tmp_path / "none"), "--source", str(src),
+                         "--pose", str(ann), "--image-name", "other.jpg", "--steps", "3", "--no-progress"], capsys)
+    assert code == 2 and "other.jpg" in err
 
 
 def test_bad_invocations_are_reported(tmp_path, capsys, example_dir):
