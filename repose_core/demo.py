@@ -73,7 +73,8 @@ def read_single_pose(path, image_name: str | None, width: int, height: int) -> P
     size; DeepFashion's PATN .csv and GFLA .txt keep their dataset frame (176x256), whatever the image's size (a
     512x352 image's annotation is in that frame too), and the pipeline fits it onto the image."""
     own_frame = Path(path).suffix.lower() in (".csv", ".txt")
-    frames = load_pose_file(path, image_name=image_name, **({} if own_frame else dict(width=width, height=height)))
+    frames = load_pose_file(path, image_name=image_name, width=None if own_frame else width,
+                            height=None if own_frame else height)
     people = [p for f in frames for p in f.people]
     if not people:
         raise ReposeError(f"{path}: the pose file has no person; give a pose with at least one person")

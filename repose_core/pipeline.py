@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from .diffusion import GaussianDiffusion, linear_betas, spaced_timesteps
 from .errors import CheckpointError, EmptyPoseError, InputError
 from .estimator import build_estimator
-from .models.codec import Codec, IdentityCodec, PixelUnshuffleCodec
+from .models.codec import Codec
 from .pose import Pose, PoseFrame, fit_params, render_pidm_pose_map, resize_image, retarget_pose, transform_pose
 from .pose.keypoints import to_layout
 from .transfer_ops import align, aligned_start_t, sample
@@ -317,7 +317,7 @@ class PoseTransferPipeline:
         # 3. sampling (the core's one loop: transfer_ops.sample)
         hook = self._guidance(guidance, canvas_poses, total_steps, B) if guidance else None
         if clip_x0 is None:
-            clip_x0 = isinstance(self.codec, (IdentityCodec, PixelUnshuffleCodec))
+            clip_x0 = self.codec.image_space
         z0 = sample(self.model, self.diffusion, al.pose_map, al.cond, al.null_cond, steps=steps, cfg=cfg_w, eta=eta,
                     generator=torch.Generator(device="cpu").manual_seed(int(seed)), x0_hook=hook,
                     callback=lambda info: tick(), spacing=spacing, clip_x0=clip_x0, aligned_start=aligned_start,

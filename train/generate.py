@@ -55,7 +55,10 @@ class GenerateOptions:
     list: str = field(default="", metadata={"help": "JSON list of {source, pose, name} (mode 2)"})
     size: tuple = field(default=(0, 0), metadata={"help": "generation size H W (default: the model's)"})
     steps: int = field(default=50, metadata={"help": "DDIM steps"})
-    cfg_scale: float = field(default=2.0, metadata={"help": "classifier-free guidance w (paper/PIDM: 2)"})
+    cfg_scale: float = field(default=-1.0, metadata={"help": "classifier-free guidance w; -1 = the model's "
+                                                            "(config cfg_scale; paper/PIDM: 2)"})
+    final_timestep: int = field(default=-1, metadata={"help": "last timestep evaluated, its x̂0 the result; -1 = the "
+                                                          "model's (config final_timestep), 0 = the whole trajectory"})
     batch_size: int = field(default=8, metadata={"help": "images per forward"})
     seed: int = field(default=0, metadata={"help": "noise seed (item i uses seed + i: shard-independent)"})
     overwrite: bool = field(default=False, metadata={"help": "regenerate existing outputs"})
@@ -109,6 +112,8 @@ def main(argv=None) -> int:
     model = as_repose_model(load_model(opts.model, device=dist.device)).eval()   # repose_dm, or a converted PIDM
     load_codec(model, opts.vae).to(dist.device)                      # latent models: the VAE, on the model
     diffusion = model_diffusion(model)
+    cfg_scale = float(model.config.cfg_scale if opts.cfg_scale < 0 else opts.cfg_scale)
+    final_t = int(model.config.final_timestep if opts.final_timestep < 0 else opts.final_timestep)
     H, W = (int(v) for v in opts.size) if all(opts.size) else model.config.image_size
     render = render_pidm_pose_map if model.config.pose_encoding == "pidm20" else render_openpose
     jobs = dataset_jobs(opts) if opts.data_root else list_jobs(opts)
@@ -130,8 +135,8 @@ def main(argv=None) -> int:
         for k, i in enumerate(idx):       # per-item seed: the output does not depend on batching or sharding
             gen = torch.Generator().manual_seed(opts.seed + i)
             img, _ = transfer(model, diffusion, sources[k:k + 1].to(dist.device),
-                              pose_pixels[k:k + 1].to(dist.device), steps=opts.steps, cfg_scale=opts.cfg_scale,
-                              generator=gen)
+                              pose_pixels[k:k + 1].to(dist.device), steps=opts.steps, cfg_scale=cfg_scale,
+                              generator=gen, final_timestep=final_t)
             images.append(img[0])
         for i, img in zip(idx, images):
             arr = ((img.float().cpu().permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
@@ -150,7 +155,7 @@ def main(argv=None) -> int:
                          [(a, b) for names in by_source.values() for a in names for b in names if a != b])
         (out / "dataset.json").write_text(json.dumps({
             "format": "repose-generated", "model": str(opts.model), "size": {"height": H, "width": W},
-            "steps": opts.steps, "cfg_scale": opts.cfg_scale, "seed": opts.seed,
+            "steps": opts.steps, "cfg_scale": cfg_scale, "final_timestep": final_t, "seed": opts.seed,
             "items": {j.out_name: j.source for j in jobs}}, indent=2) + "\n", encoding="utf-8")
     cleanup_distributed(dist)
     return 0

@@ -29,6 +29,7 @@ class Codec(nn.Module):
 
     channels: int  # channels of the diffusion space
     factor: int  # spatial downsampling factor image -> diffusion space
+    image_space = False  # values are the image's own pixels (rearranged): x̂0 may be clamped to [-1, 1] exactly
 
     def encode(self, img: Tensor) -> Tensor:
         """(B, 3, H, W) in [-1, 1] -> (B, channels, H/f, W/f), already scaled."""
@@ -80,6 +81,8 @@ def check_divisible(height: int, width: int, factor: int, what: str) -> None:
 class IdentityCodec(Codec):
     """Pixel space: the diffusion space is the [-1, 1] RGB image itself (PIDM)."""
 
+    image_space = True
+
     def __init__(self):
         super().__init__()
         self.channels, self.factor = 3, 1
@@ -93,6 +96,8 @@ class IdentityCodec(Codec):
 
 class PixelUnshuffleCodec(Codec):
     """Weight-free space-to-depth: each f×f pixel block becomes 3·f² channels. decode(encode(x)) == x exactly."""
+
+    image_space = True
 
     def __init__(self, factor: int):
         super().__init__()
