@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DDIM η: 0 = deterministic DDIM, 1 = stochastic (default; clearly better for the small "
                         "shipped models, see docs/ablation.md)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the model's, 2)")
+    p.add_argument("--final-timestep", type=int, default=None,
+                   help="last timestep evaluated, its x̂0 the result, for every model (default: each model's; 0 = "
+                        "the whole trajectory, as the paper)")
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="pose gradient guidance step η (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -243,9 +246,9 @@ def run(args, parser) -> dict:
     src_poses = [it.source_pose for it in items] if all(it.source_pose is not None for it in items) else None
     guidance = True if args.guidance_scale is None else {"scale": args.guidance_scale}
     kw = dict(steps=args.steps, cfg=args.cfg, seed=args.seed, eta=args.eta, retarget=args.retarget,
-              source_pose=src_poses if args.retarget else None)
+              source_pose=src_poses if args.retarget else None, final_timestep=args.final_timestep)
     runs = (("b1", b1, None), ("full unguided", full, None), ("full guided", full, guidance))
-    totals = [pipe.progress_total(args.steps) for _, pipe, _ in runs]
+    totals = [pipe.progress_total(args.steps, final_timestep=args.final_timestep) for _, pipe, _ in runs]
     bar = tqdm(total=sum(totals), desc="RePose demo", unit="step", disable=args.no_progress, file=sys.stderr)
     results = {}
     for r, (label, pipe, g) in enumerate(runs):
@@ -289,6 +292,7 @@ def run(args, parser) -> dict:
         "weights_dir": str(args.weights_dir), "steps": args.steps, "eta": args.eta, "seed": args.seed,
         "retarget": args.retarget,
         "cfg": full.model.config.cfg_scale if args.cfg is None else args.cfg,
+        "final_timestep": full.model.config.final_timestep if args.final_timestep is None else args.final_timestep,
         "guidance": guidance, "seconds": {k: round(v.seconds, 2) for k, v in results.items()},
         "guidance_energy_first_last": ([energy[0]["energy"], energy[-1]["energy"]] if energy else None),
         "total_seconds": round(time.perf_counter() - start, 2),

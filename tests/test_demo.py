@@ -54,6 +54,19 @@ def test_bundled_examples_end_to_end_with_random_fallback(tmp_path, capsys):
     assert len(first) == len(last) == 2
 
 
+def test_final_timestep_option_reaches_every_model(tmp_path, capsys):
+    """--final-timestep stops every model's sampling there (fewer steps, another result) and is recorded."""
+    runs = {}
+    for t in (0, 600):
+        out = tmp_path / f"t{t}"
+        code, _, _ = _run(["--out", str(out), "--weights-dir", str(tmp_path / "none"), "--steps", "4", "--examples",
+                           "0", "--no-progress", "--final-timestep", str(t)], capsys)
+        assert code == 0 and json.loads((out / "summary.json").read_text())["final_timestep"] == t
+        runs[t] = {s: np.asarray(Image.open(out / f"example_0_{s}.png")) for s in ("b1", "full_unguided")}
+    for s in ("b1", "full_unguided"):
+        assert not np.array_equal(runs[0][s], runs[600][s]), s
+
+
 def test_user_image_and_openpose_json_with_retarget(tmp_path, capsys, example_dir):
     # a 128x88 photo and a target pose on another canvas (the 64x44 example's)
     src = example_dir / "128x88" / "source_3.png"
