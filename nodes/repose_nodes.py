@@ -275,6 +275,7 @@ def repose_sample(repose_model: LoadedRePose, repose_cond: RePoseCond, seed: int
     from .comfy_runtime import (
         RePoseGuider, load_to_device, noise_for, preview_callback, resize_mask, sampler_for, ksampler_sigmas,
     )
+    from ..repose_core.transfer_ops import final_timestep_of
 
     if cfg_mode not in CFG_MODES:
         raise InputError(f"input 'cfg_mode' is {cfg_mode!r}; accepted: {', '.join(CFG_MODES)}")
@@ -313,11 +314,7 @@ def repose_sample(repose_model: LoadedRePose, repose_cond: RePoseCond, seed: int
             raise InputError(f"input 'edit_mask' has {denoise_mask.shape[0]} masks for a batch of {latent.shape[0]}")
     sampler = sampler_for(sampler_name)
     model_sampling = repose_model.patcher.model.model_sampling
-    if final_timestep < 0:
-        final_timestep = repose_model.config.final_timestep
-    if not 0 <= final_timestep < repose_model.config.timesteps:
-        raise InputError(f"input 'final_timestep' is {final_timestep}; accepted: -1 (the model's setting) or 0 to "
-                         f"{repose_model.config.timesteps - 1}")
+    final_timestep = final_timestep_of(repose_model.config, final_timestep)   # -1 = the model's
     sigmas = ksampler_sigmas(model_sampling, sampler_name, scheduler, steps, denoise, final_timestep)
     noise = noise_for(latent, seed)
     callback = preview_callback(repose_model.patcher, max(len(sigmas) - 1, 1))

@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw
 
 from .errors import ReposeError
 from .pose import Pose, load_pose_file, render_openpose
+from .transfer_ops import final_timestep_of
 
 log = logging.getLogger("repose")
 
@@ -292,7 +293,7 @@ def run(args, parser) -> dict:
         "weights_dir": str(args.weights_dir), "steps": args.steps, "eta": args.eta, "seed": args.seed,
         "retarget": args.retarget,
         "cfg": full.model.config.cfg_scale if args.cfg is None else args.cfg,
-        "final_timestep": full.model.config.final_timestep if args.final_timestep is None else args.final_timestep,
+        "final_timestep": final_timestep_of(full.model.config, args.final_timestep),
         "guidance": guidance, "seconds": {k: round(v.seconds, 2) for k, v in results.items()},
         "guidance_energy_first_last": ([energy[0]["energy"], energy[-1]["energy"]] if energy else None),
         "total_seconds": round(time.perf_counter() - start, 2),

@@ -34,7 +34,7 @@ from .estimator import build_estimator
 from .models.codec import Codec
 from .pose import Pose, PoseFrame, fit_params, render_pidm_pose_map, resize_image, retarget_pose, transform_pose
 from .pose.keypoints import to_layout
-from .transfer_ops import align, aligned_start_t, sample
+from .transfer_ops import align, aligned_start_t, final_timestep_of, sample
 
 log = logging.getLogger("repose")
 
@@ -232,8 +232,8 @@ class PoseTransferPipeline:
     def progress_total(self, steps: int, spacing: str = "pidm", final_timestep: int | None = None) -> int:
         """Units `transfer` reports to `progress`: RPA iterations + sampling steps (same arguments as `transfer`)."""
         n_rpa = self.model.rpa.config.iterations if self.model.rpa is not None else 0
-        final_t = self.model.config.final_timestep if final_timestep is None else final_timestep
-        return n_rpa + len(spaced_timesteps(self.diffusion.num_timesteps, steps, spacing, int(final_t)))
+        final_t = final_timestep_of(self.model.config, final_timestep)
+        return n_rpa + len(spaced_timesteps(self.diffusion.num_timesteps, steps, spacing, final_t))
 
     # -- the main job ----------------------------------------------------------------------------------------------
 
@@ -271,7 +271,7 @@ class PoseTransferPipeline:
         targets = self._per_item(target_pose, B, "target_pose")
         src_poses = self._per_item(source_pose, B, "source_pose") if source_pose is not None else [None] * B
         cfg_w = float(self.model.config.cfg_scale if cfg is None else cfg)
-        final_t = int(self.model.config.final_timestep if final_timestep is None else final_timestep)
+        final_t = final_timestep_of(self.model.config, final_timestep)
         timesteps = spaced_timesteps(self.diffusion.num_timesteps, steps, spacing, final_t)
         if aligned_start is not None:  # sampling starts part-way (the progress bar counts only those steps)
             timesteps = [t for t in timesteps if t <= aligned_start_t(self.diffusion, aligned_start)]

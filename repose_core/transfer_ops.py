@@ -125,15 +125,15 @@ def sample(model: RePoseDM, diffusion, pose_map: Tensor, cond: AppearanceCond, n
            steps: int = 20, cfg: float = 2.0, eta: float = 0.0, generator: torch.Generator | None = None,
            x0_hook: Callable | None = None, callback: Callable | None = None, spacing: str = "pidm",
            clip_x0: bool = False, aligned_start: float | None = None, warped: Tensor | None = None,
-           final_timestep: int = 0) -> Tensor:
+           final_timestep: int | None = None) -> Tensor:
     """The core's one sampling loop (pipeline, training sample grids, generation scripts): PIDM's single-scale CFG
     (w = `cfg`, ∅ = `null_cond`) and DDIM, x_T drawn from `generator` (CPU or on its device) -> z0 (B, C, h, w).
 
     cond / null_cond: from `model.prepare` / `model.null_cond` (only what `forward` reads is passed to the denoiser).
     aligned_start (our addition, RPA models): start from `warped` (RPA's last aligned source, diffusion space) noised
     to this fraction of the trajectory instead of pure noise (SDEdit); None samples from noise like the paper.
-    final_timestep: the last timestep evaluated, whose x̂0 is the result (0 = the whole trajectory, as the paper;
-    RePoseConfig.final_timestep says why a model may prefer another)."""
+    final_timestep: the last timestep evaluated, whose x̂0 is the result; None = the model's (0 = the whole
+    trajectory, as the paper; RePoseConfig.final_timestep says why a model may prefer another)."""
     from .diffusion import ddim_sample, make_eps_fn
 
     B = pose_map.shape[0]
@@ -151,7 +151,19 @@ def sample(model: RePoseDM, diffusion, pose_map: Tensor, cond: AppearanceCond, n
     eps_fn = make_eps_fn(model, pose_map, cond.features_only(), null_cond.features_only(), w=cfg)
     return ddim_sample(eps_fn, x_T, diffusion, steps=steps, eta=eta, x0_hook=x0_hook, callback=callback,
                        generator=generator if eta > 0 else None, spacing=spacing, clip_denoised=bool(clip_x0),
-                       final_timestep=final_timestep, **start)
+                       final_timestep=final_timestep_of(model.config, final_timestep), **start)
+
+
+def final_timestep_of(config, final_timestep: int | None) -> int:
+    """The final timestep to sample with: None or -1 = the model's (`RePoseConfig.final_timestep`), else the given
+    one, which must lie in [0, T-1]. The one place that resolves it (pipeline, nodes, sample, scripts)."""
+    if final_timestep is None or final_timestep == -1:
+        return int(config.final_timestep)
+    if isinstance(final_timestep, bool) or int(final_timestep) != final_timestep \
+            or not 0 <= final_timestep < config.timesteps:
+        raise InputError(f"final_timestep is {final_timestep!r}; accepted: -1 (the model's setting, "
+                         f"{config.final_timestep}) or an integer from 0 to {config.timesteps - 1}")
+    return int(final_timestep)
 
 
 def aligned_start_t(diffusion, aligned_start: float) -> int:

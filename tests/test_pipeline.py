@@ -134,6 +134,19 @@ def test_progress_reports_every_rpa_iteration_and_step(pipes, examples):
         pipe.transfer(src, tgt, steps=STEPS, final_timestep=1000)
 
 
+def test_final_timestep_of_resolves_the_models_setting_and_refuses_bad_values(pipes):
+    import dataclasses
+
+    from repose_core.transfer_ops import final_timestep_of
+
+    config = dataclasses.replace(pipes["full"].model.config, final_timestep=400)
+    assert final_timestep_of(config, None) == final_timestep_of(config, -1) == 400   # the model's
+    assert final_timestep_of(config, 0) == 0 and final_timestep_of(config, 999) == 999
+    for bad in (1000, -2, 2.5, True):
+        with pytest.raises(InputError, match="final_timestep"):
+            final_timestep_of(config, bad)
+
+
 def test_guidance_changes_the_result_and_records_energy(pipes, examples):
     src, tgt, _ = examples["64x44"]
     pipe = pipes["full"]

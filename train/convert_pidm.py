@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-
 import torch
 
 from repose_core.errors import ReposeError

@@ -22,13 +22,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 import numpy as np
 import torch
 from PIL import Image
 
 from repose_core.checkpoint import load_model
 from repose_core.models.repose import as_repose_model
+from repose_core.transfer_ops import final_timestep_of
 from train.data import LAYOUTS, load_records, read_image, to_tensor_pm1
 from repose_core.errors import InputError
 from repose_core.pose import (
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     load_codec(model, opts.vae).to(dist.device)                      # latent models: the VAE, on the model
     diffusion = model_diffusion(model)
     cfg_scale = float(model.config.cfg_scale if opts.cfg_scale < 0 else opts.cfg_scale)
-    final_t = int(model.config.final_timestep if opts.final_timestep < 0 else opts.final_timestep)
+    final_t = final_timestep_of(model.config, opts.final_timestep)       # -1 = the model's
     H, W = (int(v) for v in opts.size) if all(opts.size) else model.config.image_size
     render = render_pidm_pose_map if model.config.pose_encoding == "pidm20" else render_openpose
     jobs = dataset_jobs(opts) if opts.data_root else list_jobs(opts)

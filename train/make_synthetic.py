@@ -12,7 +12,6 @@ import argparse
 import sys
 import time
 
-
 from repose_core.errors import InputError
 from repose_core.synthetic import SIZES, generate_dataset
 

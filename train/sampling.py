@@ -35,15 +35,14 @@ def model_diffusion(model) -> GaussianDiffusion:
 @torch.no_grad()
 def transfer(model, diffusion: GaussianDiffusion, source: Tensor, pose: Tensor, *, steps: int = 50,
              cfg_scale: float = 2.0, eta: float = 0.0, generator: torch.Generator | None = None, x0_hook=None,
-             progress=None, previews: bool = False, final_timestep: int | None = None) -> tuple[Tensor, Alignment]:
+             progress=None, final_timestep: int | None = None) -> tuple[Tensor, Alignment]:
     """source (B, 3, H, W) in [-1, 1], pose (B, P, H, W) at pixel resolution -> (image (B, 3, H, W) in [-1, 1],
     the core's Alignment). PIDM's single-scale CFG (∅ = zero source), w = cfg_scale (PIDM/paper: 2), DDIM: the core's
     `transfer_ops.align` and `transfer_ops.sample`, the steps the pipeline and the nodes run too, with the same x̂0
-    handling (clamp in image-like spaces; final_timestep None = the model's, as the pipeline). previews: decode
-    RPA's warps into `Alignment.previews` (the training sample grids show the last one)."""
-    al = align(model, source, pose, previews=previews)
-    final_t = int(model.config.final_timestep if final_timestep is None else final_timestep)
+    handling (clamp in image-like spaces; final_timestep None = the model's, as the pipeline). No previews are
+    decoded (`Alignment.aligned` holds RPA's last warp in diffusion space)."""
+    al = align(model, source, pose, previews=False)
     z = sample(model, diffusion, al.pose_map, al.cond, al.null_cond, steps=steps, cfg=cfg_scale, eta=eta,
                generator=generator, x0_hook=x0_hook, callback=progress, clip_x0=model.codec.image_space,
-               final_timestep=final_t)
+               final_timestep=final_timestep)
     return model.codec.decode(z).clamp(-1, 1), al

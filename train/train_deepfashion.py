@@ -33,7 +33,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 import torch
 from torch import nn
 
@@ -246,10 +245,9 @@ def sample_grid(ema_model, diffusion, batch, opts: Options, device, n: int = 4) 
     source, target = batch["source"][:n].to(device), batch["target"][:n].to(device)
     pose_pixels = batch["target_pose_map"][:n].to(device)                  # pixel resolution
     gen = torch.Generator().manual_seed(opts.seed)
-    sample, al = transfer(ema_model, diffusion, source, pose_pixels, steps=opts.sample_steps, generator=gen,
-                          previews=True)
+    sample, al = transfer(ema_model, diffusion, source, pose_pixels, steps=opts.sample_steps, generator=gen)
     pose_rgb = pose_pixels[:, :3].float()                                  # skeleton (RGB channels), [0, 1]
-    warped = al.previews[-1].clamp(-1, 1) if al.previews else torch.zeros_like(source)
+    warped = ema_model.codec.decode(al.aligned).clamp(-1, 1) if al.aligned is not None else torch.zeros_like(source)
     rows = [[(source[i] + 1) / 2, pose_rgb[i], (warped[i] + 1) / 2, (sample[i] + 1) / 2, (target[i] + 1) / 2]
             for i in range(source.shape[0])]
     return image_grid([[v.float().cpu() for v in r] for r in rows])

@@ -32,7 +32,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 import numpy as np
 import torch
 from kornia.filters import gaussian_blur2d
